@@ -1,0 +1,37 @@
+"""Backends by name. Each module is imported only when chosen, so the core and the
+file backend need no client library, and a missing one gives an install hint."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from coordinator.errors import ConfigError, MissingDependency
+
+if TYPE_CHECKING:
+    from coordinator.backends.base import Backend
+    from coordinator.config import Config
+
+# name -> (module, the pip extra that brings its client library)
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "file": ("coordinator.backends.file", None),
+    "redis": ("coordinator.backends.redis", "redis"),
+}
+
+
+def create_backend(config: Config) -> Backend:
+    try:
+        module_name, extra = BACKENDS[config.backend]
+    except KeyError:
+        raise ConfigError(
+            f"unknown backend {config.backend!r} (choose from {', '.join(BACKENDS)})"
+        ) from None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDependency(
+            f"the {config.backend} backend needs its client library ({exc.name} is missing): "
+            f"pip install 'coordinator[{extra}]'"
+        ) from exc
+    backend: Backend = module.create(config)
+    return backend

@@ -1,0 +1,98 @@
+"""The backend contract: every call answers yes, a definite no, or "cannot tell".
+
+- yes: a Lease (acquire, renew), or None from holder() when nobody holds the lock;
+- definite no: acquire returns None; renew raises LeaseLost;
+- cannot tell: BackendUnavailable. Never read as a yes.
+
+Backends measure lease deadlines on the local monotonic clock from the moment a request
+was sent, never from when the reply arrived nor from the backend's clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HolderInfo:
+    """Who holds (or wants) a lease; stored beside the lock for `status` and logs."""
+
+    node_id: str
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    since: float = field(default_factory=time.time)  # wall clock, for display only
+    fencing_token: int | None = None
+    ttl_left: float | None = None  # seconds, as the backend reported it
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"node_id": self.node_id, "host": self.host, "pid": self.pid, "since": self.since},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, **extra: Any) -> HolderInfo:
+        try:
+            data = json.loads(text)
+            return cls(
+                node_id=str(data["node_id"]),
+                host=str(data.get("host", "")),
+                pid=int(data.get("pid", 0)),
+                since=float(data.get("since", 0.0)),
+                **extra,
+            )
+        except (ValueError, KeyError, TypeError):
+            # A value written by something else: still held, just not described.
+            return cls(node_id="unknown", host="", pid=0, since=0.0, **extra)
+
+
+@dataclass(frozen=True)
+class Lease:
+    name: str
+    token: str  # owner token: proves ownership in compare-and-set calls
+    fencing_token: int  # strictly increasing per name across acquisitions
+    deadline: float  # time.monotonic() after which the lease may be someone else's
+    # True when the backend cannot rule out that an earlier holder lost its lock
+    # while still running (lock state lost); the supervisor then waits its safety
+    # delay before starting the child.
+    state_reset: bool = False
+
+
+class Backend(abc.ABC):
+    """One lock store. Calls may block for at most the timeout given at construction."""
+
+    #: Name used with --backend.
+    name: str = ""
+
+    @abc.abstractmethod
+    def acquire(self, name: str, info: HolderInfo) -> Lease | None:
+        """One non-blocking attempt. None means someone else holds the lock."""
+
+    @abc.abstractmethod
+    def renew(self, lease: Lease) -> Lease:
+        """Extend the lease; the new deadline counts from when the request was sent."""
+
+    @abc.abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Compare-and-delete by token, and wake the standbys. Safe to repeat."""
+
+    @abc.abstractmethod
+    def holder(self, name: str) -> HolderInfo | None:
+        """Who holds the lock now, or None when it is free."""
+
+    def wait(self, name: str, timeout: float) -> None:
+        """Block until the lock may be free, at most `timeout` seconds."""
+        time.sleep(max(0.0, timeout))
+
+    def describe(self, name: str) -> str:
+        """Where the lock lives, for logs (never with a password)."""
+        return name
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends have state to drop
+        """Release connections. Does not release leases."""

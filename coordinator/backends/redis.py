@@ -1,0 +1,206 @@
+"""Redis: SET NX PX with a random token, Lua compare-and-set to renew and release.
+
+Keys, with a hash tag so they share a cluster slot:
+  {prefix}{<name>}           the lock; value is JSON {token, fencing_token, holder}
+  {prefix}{<name>}/fence     fencing counter, never expires
+  {prefix}{<name>}/released  pub/sub channel; a graceful release publishes on it
+
+A missing fencing counter means the server is new or lost its data (a restart without
+persistence, a failover to an empty replica). The counter is then seeded from the
+server's clock in milliseconds, so fencing tokens keep increasing, and the lease is
+marked state_reset so the supervisor waits its safety delay before starting the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.config import Config, redact_url
+from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+ACQUIRE = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return {0, redis.call('pttl', KEYS[1]), 0}
+end
+local reset = 0
+if redis.call('exists', KEYS[2]) == 0 then
+  local t = redis.call('time')
+  redis.call('set', KEYS[2], t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  reset = 1
+end
+local fencing = redis.call('incr', KEYS[2])
+local value = cjson.encode({token = ARGV[1], fencing_token = fencing,
+                            holder = cjson.decode(ARGV[3])})
+redis.call('set', KEYS[1], value, 'PX', ARGV[2])
+return {1, fencing, reset}
+"""
+
+# Both scripts read the owner token out of the JSON value: the lock is ours only if
+# the token matches, so a stale holder can never extend or delete a newer lease.
+OWNED = """
+local v = redis.call('get', KEYS[1])
+if not v then return false end
+local ok, d = pcall(cjson.decode, v)
+return ok and type(d) == 'table' and d.token == ARGV[1]
+"""
+
+RENEW = f"""
+local function owned() {OWNED} end
+if owned() then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = f"""
+local function owned() {OWNED} end
+if owned() then
+  redis.call('del', KEYS[1])
+  redis.call('publish', ARGV[2], 'released')
+  return 1
+end
+return 0
+"""
+
+
+def translate(exc: Exception, where: str) -> Exception:
+    """Map a redis-py error to the contract's outcomes."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
+        return BackendRejected(f"redis at {where} refused us: {text}")
+    if isinstance(exc, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        return BackendRejected(f"redis at {where} refused us: {text}")
+    return BackendUnavailable(f"redis at {where}: {text}")
+
+
+class RedisBackend(Backend):
+    name = "redis"
+
+    def __init__(self, url: str, ttl: float, timeout: float, prefix: str) -> None:
+        self.where = redact_url(url)
+        self.ttl = ttl
+        self.prefix = prefix
+        try:
+            self.client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),  # one attempt per call: the supervisor retries
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"malformed redis URL {self.where!r}: {exc}") from exc
+        self._acquire = self.client.register_script(ACQUIRE)
+        self._renew = self.client.register_script(RENEW)
+        self._release = self.client.register_script(RELEASE)
+        self._pubsub: Any = None
+        self._free_at: dict[str, float] = {}  # monotonic time a seen lease runs out
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}{{{name}}}"
+        return base, f"{base}/fence", f"{base}/released"
+
+    def describe(self, name: str) -> str:
+        return f"key {self._keys(name)[0]} on {self.where}"
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise translate(exc, self.where) from exc
+
+    def acquire(self, name: str, info: HolderInfo) -> Lease | None:
+        key, fence, _ = self._keys(name)
+        token = secrets.token_hex(16)
+        sent = time.monotonic()
+        won, value, reset = self._call(
+            self._acquire, keys=[key, fence], args=[token, int(self.ttl * 1000), info.to_json()]
+        )
+        if not won:
+            pttl = int(value)
+            # -1: a key without expiry (not ours to judge); -2: it just went away.
+            self._free_at[name] = (
+                sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
+            )
+            return None
+        return Lease(name, token, int(value), sent + self.ttl, state_reset=bool(reset))
+
+    def renew(self, lease: Lease) -> Lease:
+        key, _, _ = self._keys(lease.name)
+        sent = time.monotonic()
+        if not self._call(self._renew, keys=[key], args=[lease.token, int(self.ttl * 1000)]):
+            raise LeaseLost(f"{key} is gone or held by someone else")
+        return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
+
+    def release(self, lease: Lease) -> None:
+        key, _, channel = self._keys(lease.name)
+        self._call(self._release, keys=[key], args=[lease.token, channel])
+
+    def holder(self, name: str) -> HolderInfo | None:
+        import json
+
+        key, _, _ = self._keys(name)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, pttl = self._call(pipe.execute)
+        if value is None:
+            return None
+        try:
+            data = json.loads(value)
+            holder = json.dumps(data.get("holder", {}))
+            token = int(data["fencing_token"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            holder, token = "{}", None
+        return HolderInfo.from_json(
+            holder, fencing_token=token, ttl_left=pttl / 1000 if pttl >= 0 else None
+        )
+
+    def wait(self, name: str, timeout: float) -> None:
+        """Sleep until a release is published or the lease seen last runs out."""
+        start = time.monotonic()
+        end = min(start + timeout, self._free_at.get(name, start + timeout) + 0.001)
+        _, _, channel = self._keys(name)
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                self._pubsub.subscribe(channel)
+                return  # a release may have been missed before subscribing: look again
+            while (left := end - time.monotonic()) > 0:
+                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is not None and message.get("type") == "message":
+                    return
+        except redis.RedisError as exc:
+            self._drop_pubsub()
+            raise translate(exc, self.where) from exc
+
+    def _drop_pubsub(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._pubsub.close()
+            self._pubsub = None
+
+    def close(self) -> None:
+        self._drop_pubsub()
+        self.client.close()
+
+
+def create(config: Config) -> Backend:
+    url = config.url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
+        )
+    return RedisBackend(url, config.ttl, config.call_timeout, config.key_prefix)

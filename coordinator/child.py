@@ -1,0 +1,102 @@
+"""The child: started in its own process group, tied to its supervisor's life.
+
+The child gets a parent-death signal (PR_SET_PDEATHSIG, SIGKILL) set between fork and
+exec, so a supervisor killed with SIGKILL takes its child with it. The signal fires
+when the *thread* that forked exits, so the child is always started from the main
+thread. SIGKILL rather than SIGTERM because a dead supervisor no longer renews the
+lease: the child must be gone before another node can take over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+from coordinator.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, CoordinatorError
+
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+class ChildStartError(CoordinatorError):
+    """The command could not be executed."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _make_preexec(supervisor_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        # Runs in the forked child, before exec: only async-signal-safe work.
+        os.setpgid(0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != supervisor_pid:
+            # The supervisor died before prctl took effect: nobody would kill us.
+            os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+    return preexec
+
+
+def exit_code(returncode: int) -> int:
+    """Shell convention: 128+N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Child:
+    """One running command. All methods are called from the supervisor's main thread."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("the child must be forked from the main thread")
+        try:
+            self.process = subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                preexec_fn=_make_preexec(os.getpid()),
+                close_fds=True,  # no lock file descriptor or socket leaks into the child
+                restore_signals=True,
+            )
+        except FileNotFoundError as exc:
+            raise ChildStartError(f"command not found: {argv[0]}", EXIT_NOT_FOUND) from exc
+        except PermissionError as exc:
+            raise ChildStartError(
+                f"command not executable: {argv[0]}: {exc.strerror}", EXIT_NOT_EXECUTABLE
+            ) from exc
+        except OSError as exc:
+            raise ChildStartError(
+                f"cannot start {argv[0]}: {exc.strerror}", EXIT_NOT_EXECUTABLE
+            ) from exc
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        """The exit code once the child has been reaped, else None."""
+        code = self.process.poll()
+        return None if code is None else exit_code(code)
+
+    def signal(self, signum: int) -> None:
+        """Forward a signal to the command itself."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the child's whole process group; it may already be gone."""
+        # ESRCH: the group is gone. EPERM: only zombies are left in it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def kill_stragglers(self) -> None:
+        """After the child is reaped, kill what is left of its process group."""
+        self.signal_group(signal.SIGKILL)

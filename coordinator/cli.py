@@ -1,0 +1,212 @@
+"""Command line: parsing only. Outcomes map to exit codes listed in docs/exit-codes.md."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from coordinator import __version__
+from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
+from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, CoordinatorError
+
+app = typer.Typer(
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coordinator {__version__}")
+        raise typer.Exit()
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+    )
+    root = logging.getLogger("coordinator")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="Everything after '--' (or after the first word that is not an option) is the "
+    "command and its arguments, passed to it unchanged. Exit status: the command's own; "
+    "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
+    "4 --wait-timeout passed; 126/127 command not executable/not found.",
+)
+def run(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- COMMAND [ARGS]...", help="The command to run.", show_default=False
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            metavar="NAME",
+            envvar="COORDINATOR_BACKEND",
+            show_envvar=True,
+            help="Where the lock lives: file (this host only, no server), redis.",
+        ),
+    ] = "file",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            envvar="COORDINATOR_URL",
+            show_envvar=True,
+            help="Backend address. Defaults to the ecosystem's own variable (REDIS_URL for "
+            "redis) and for file to a per-user runtime directory.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            metavar="NAME",
+            envvar="COORDINATOR_NAME",
+            show_envvar=True,
+            help="Lock name: one child runs per name. Default: derived from the command "
+            "(program base name and arguments, plus a hash), so nodes running the same line "
+            "share a lock and different commands never block each other.",
+        ),
+    ] = None,
+    ttl: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar="COORDINATOR_TTL",
+            show_envvar=True,
+            help="Lease time to live in seconds: a crashed holder is replaced after about this. "
+            "Renewed every ttl/3.",
+        ),
+    ] = DEFAULT_TTL,
+    grace: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar="COORDINATOR_GRACE",
+            show_envvar=True,
+            help="Seconds between SIGTERM and SIGKILL when stopping the child. Must leave time "
+            "to renew: grace < ttl - ttl/3 - call timeout - margin.",
+        ),
+    ] = DEFAULT_GRACE,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            envvar="COORDINATOR_NODE_ID",
+            show_envvar=True,
+            help="This supervisor's identity in the lock. Default: hostname:pid.",
+        ),
+    ] = None,
+    wait_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            envvar="COORDINATOR_WAIT_TIMEOUT",
+            show_envvar=True,
+            help="Give up (exit 4) after waiting this many seconds for the lease. "
+            "Default: wait forever.",
+        ),
+    ] = None,
+    safety_delay: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            envvar="COORDINATOR_SAFETY_DELAY",
+            show_envvar=True,
+            help="Seconds to wait before starting the child when the backend reports that "
+            "its lock state may have been lost (e.g. a Redis restart without persistence), "
+            "so an unaware earlier holder has stopped. Default: the ttl. 0 disables.",
+        ),
+    ] = None,
+    key_prefix: Annotated[
+        str,
+        typer.Option(
+            metavar="PREFIX",
+            envvar="COORDINATOR_KEY_PREFIX",
+            show_envvar=True,
+            help="Prefix of the keys this program writes in the backend.",
+        ),
+    ] = "coordinator/",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            metavar="LEVEL",
+            envvar="COORDINATOR_LOG_LEVEL",
+            show_envvar=True,
+            help="debug, info, warning or error.",
+        ),
+    ] = "info",
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> int:
+    """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
+    from coordinator.backends import create_backend
+    from coordinator.supervisor import Supervisor
+
+    setup_logging(log_level if log_level in ("debug", "info", "warning", "error") else "info")
+    kwargs: dict[str, object] = {}
+    if node_id:
+        kwargs["node_id"] = node_id
+    config = Config(
+        command=tuple(command or ()),
+        backend=backend,
+        url=url,
+        name=name or "",
+        ttl=ttl,
+        grace=grace,
+        wait_timeout=wait_timeout,
+        safety_delay=safety_delay,
+        key_prefix=key_prefix,
+        log_level=log_level,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return Supervisor(config, create_backend(config)).run()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"coordinator: error: {message}\n")
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="coordinator", standalone_mode=False)
+    except CoordinatorError as exc:
+        fail(str(exc), exc.exit_code)
+    except Exception as exc:
+        # Typer's parsing errors come from click or, in recent versions, its own copy
+        # of click: recognise them by shape rather than by class.
+        kind = type(exc).__name__
+        if kind == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if kind == "Abort":
+            fail("aborted", 128 + 2)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            fail(f"{exc.format_message()} (see coordinator --help)", EXIT_USAGE)
+        # A bug: say what, without a traceback that may hold secrets.
+        fail(f"internal error: {kind}: {exc}", EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,131 @@
+"""One frozen, validated configuration, and the timing rule that keeps it safe."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from coordinator.errors import ConfigError
+
+DEFAULT_TTL = 10.0
+DEFAULT_GRACE = 3.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_name(command: tuple[str, ...]) -> str:
+    """The lock name used when --name is absent: derived from the command line.
+
+    Every node running the same line contends for the same lock, and two different
+    commands never block each other. Only the program's base name is kept, so
+    installs at different paths on different nodes still agree.
+    """
+    if not command:
+        raise ConfigError("no command given: put the command after '--'")
+    words = (os.path.basename(command[0]), *command[1:])
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", " ".join(words)).strip("-")[:48]
+    digest = hashlib.sha256(shlex.join(words).encode()).hexdigest()[:12]
+    return f"{readable}-{digest}"
+
+
+def redact_url(url: str | None) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:***@{host}{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        # A URL too broken to parse may still hold a secret: show only its scheme.
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        return f"{scheme}://***" if scheme else "***"
+
+
+@dataclass(frozen=True)
+class Config:
+    command: tuple[str, ...]
+    backend: str = "file"
+    url: str | None = None
+    name: str = ""
+    ttl: float = DEFAULT_TTL
+    grace: float = DEFAULT_GRACE
+    node_id: str = field(default_factory=default_node_id)
+    wait_timeout: float | None = None
+    safety_delay: float | None = None
+    key_prefix: str = "coordinator/"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", default_name(self.command))
+        self.validate()
+
+    # The timing rule. A lease renewed at time t (when the request was SENT) is ours
+    # until t + ttl. Renewal is attempted every ttl/3, each call bounded by
+    # call_timeout. If no renewal has succeeded by t + ttl - grace - margin, the child
+    # gets TERM, and KILL grace seconds later: it is reaped `margin` before the lease
+    # could expire anywhere.
+
+    @property
+    def renew_interval(self) -> float:
+        return self.ttl / 3
+
+    @property
+    def call_timeout(self) -> float:
+        """Hard limit on one backend call: short enough that a stuck call cannot
+        use up the time left for a retry before the fencing point."""
+        return min(self.ttl / 6, 5.0)
+
+    @property
+    def margin(self) -> float:
+        """Slack for reaping the child and scheduling delays on a loaded host."""
+        return max(0.1, self.ttl * 0.02)
+
+    @property
+    def max_grace(self) -> float:
+        return self.ttl - self.renew_interval - self.call_timeout - self.margin
+
+    @property
+    def effective_safety_delay(self) -> float:
+        return self.ttl if self.safety_delay is None else self.safety_delay
+
+    def validate(self) -> None:
+        if not self.command:
+            raise ConfigError("no command given: put the command after '--'")
+        if not self.name.strip():
+            raise ConfigError("--name must not be empty")
+        if not self.ttl > 0:
+            raise ConfigError(f"--ttl must be positive, got {self.ttl:g}")
+        if self.grace < 0:
+            raise ConfigError(f"--grace must not be negative, got {self.grace:g}")
+        if self.grace >= self.max_grace:
+            raise ConfigError(
+                f"--grace {self.grace:g}s is too long for --ttl {self.ttl:g}s: the child must be "
+                f"stopped before the lease can expire, so grace must be below "
+                f"{self.max_grace:.2f}s (ttl - ttl/3 - call timeout {self.call_timeout:.2f}s - "
+                f"margin {self.margin:.2f}s); raise --ttl or lower --grace"
+            )
+        if self.wait_timeout is not None and self.wait_timeout < 0:
+            raise ConfigError(f"--wait-timeout must not be negative, got {self.wait_timeout:g}")
+        if self.safety_delay is not None and self.safety_delay < 0:
+            raise ConfigError(f"--safety-delay must not be negative, got {self.safety_delay:g}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"unknown log level {self.log_level!r} (choose from {', '.join(LOG_LEVELS)})"
+            )

@@ -1,0 +1,45 @@
+"""The few errors the program distinguishes, and the exit codes they map to."""
+
+from __future__ import annotations
+
+# Exit codes of the program itself. The child's own code (0-255) and 128+N for a
+# child killed by signal N pass through unchanged; see docs/exit-codes.md.
+EXIT_USAGE = 2  # bad option, missing command, inconsistent timings, bad URL
+EXIT_BACKEND_REJECTED = 3  # the backend refused us for good: credentials, permissions
+EXIT_WAIT_TIMEOUT = 4  # --wait-timeout passed without acquiring the lease
+EXIT_INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
+EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot be executed
+EXIT_NOT_FOUND = 127  # the command was not found
+
+
+class CoordinatorError(Exception):
+    """Base class; the message is one line meant for the operator."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ConfigError(CoordinatorError):
+    """The configuration cannot work (bad option, URL or timing)."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingDependency(ConfigError):
+    """The client library of the chosen backend is not installed."""
+
+
+class BackendUnavailable(CoordinatorError):
+    """The backend cannot tell: unreachable, timed out, or an unclear answer.
+
+    Never read as a yes. Callers retry with backoff; a holder self-fences by its deadline.
+    """
+
+
+class BackendRejected(CoordinatorError):
+    """The backend answered, and will keep answering, no: wrong password, no permission."""
+
+    exit_code = EXIT_BACKEND_REJECTED
+
+
+class LeaseLost(CoordinatorError):
+    """A definite answer that the lease is no longer ours."""

@@ -1,0 +1,117 @@
+"""Signals and background calls, delivered to the main loop.
+
+Signal handlers only record the signal number; the wakeup fd makes select() return
+so the loop can act. Backend calls run on a worker thread so the loop keeps its own
+clock: a call that hangs past its deadline cannot keep the child running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import FrameType
+from typing import Any, TypeVar
+
+from coordinator.errors import BackendUnavailable
+
+T = TypeVar("T")
+
+FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+
+
+class CallTimeout(BackendUnavailable):
+    """A backend call did not answer within its hard timeout."""
+
+
+class Events:
+    """Records signals and wakes the loop; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+
+    def __enter__(self) -> Events:
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD):
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.pending.append(signum)
+
+    def wake(self) -> None:
+        """Called from other threads when a result is ready."""
+        # A full pipe means the loop is going to wake anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write, b"\0")
+
+    def sleep(self, timeout: float) -> None:
+        """Sleep until a signal arrives, a call finishes, or `timeout` passes."""
+        ready, _, _ = select.select([self._read], [], [], max(0.0, timeout))
+        if ready:
+            try:
+                while os.read(self._read, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def take(self) -> list[int]:
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
+
+
+class Interrupted(Exception):
+    """A stop signal arrived during an interruptible call (a standby's wait)."""
+
+
+class Caller:
+    """Runs backend calls on daemon threads, with a hard timeout.
+
+    A call that overruns is abandoned: its thread finishes on its own and the next call
+    gets a fresh thread, so one stuck socket cannot stall the supervisor.
+    """
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+
+    def call(
+        self, fn: Callable[..., T], *args: Any, timeout: float, interruptible: bool = False
+    ) -> T:
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # re-raised in the caller's thread
+                future.set_exception(exc)
+            self.events.wake()
+
+        threading.Thread(target=run, name="backend-call", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if interruptible and any(s in STOPPING for s in self.events.pending):
+                raise Interrupted()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                name = getattr(fn, "__name__", "call")
+                raise CallTimeout(f"{name} got no answer within {timeout:.2f}s")
+            self.events.sleep(left)
+        return future.result()

@@ -1,0 +1,319 @@
+"""The supervisor loop: contend -> (safety delay) -> run the child -> stop -> release.
+
+One thread owns every decision. Backend calls run on short-lived threads with a hard
+timeout (events.Caller), so the loop keeps its own clock and can always stop the child
+on time. Each state change is logged as one sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from enum import Enum
+
+from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.child import Child, ChildStartError
+from coordinator.config import Config
+from coordinator.errors import (
+    EXIT_WAIT_TIMEOUT,
+    BackendRejected,
+    BackendUnavailable,
+    LeaseLost,
+)
+from coordinator.events import FORWARDED, STOPPING, Caller, Events, Interrupted
+
+log = logging.getLogger("coordinator")
+
+
+class State(Enum):
+    STARTING = "starting"
+    CONTENDING = "contending"
+    BACKEND_DOWN = "backend unavailable"
+    STANDBY = "standby"
+    DELAYING = "safety delay"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class Exit(Exception):
+    """Leave the loop with this exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def signame(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class Backoff:
+    """Exponential backoff with jitter, so many standbys do not retry in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Supervisor:
+    def __init__(self, config: Config, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.where = backend.describe(config.name)
+        self.state = State.STARTING
+        self.child: Child | None = None
+        self.events = Events()
+        self.caller = Caller(self.events)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _enter(self, state: State, sentence: str, level: int = logging.INFO) -> None:
+        """Log one sentence when the state changes; repeats go to debug."""
+        if state is self.state:
+            log.debug(sentence)
+            return
+        self.state = state
+        log.log(level, sentence)
+
+    def _call_timeout(self, limit: float = math.inf) -> float:
+        return max(0.0, min(self.config.call_timeout, limit))
+
+    def run(self) -> int:
+        with self.events:
+            try:
+                while True:
+                    lease = self._contend()
+                    code = self._hold(lease)
+                    if code is not None:
+                        return code
+            except Exit as done:
+                return done.code
+            finally:
+                self._stop_child_if_running()
+                self._close_backend()
+
+    def _close_backend(self) -> None:
+        try:
+            self.caller.call(self.backend.close, timeout=self.config.call_timeout)
+        except Exception as exc:  # closing is best effort; the process is leaving
+            log.debug("closing the backend failed: %s", exc)
+
+    # -- standby ----------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        for signum in self.events.take():
+            if signum in STOPPING:
+                log.info("received %s while not holding the lease: exiting", signame(signum))
+                raise Exit(128 + signum)
+            if signum in FORWARDED:
+                log.debug("ignoring %s: no child is running", signame(signum))
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, waking early only to leave on a stop signal."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._check_stop()
+            self.events.sleep(left)
+        self._check_stop()
+
+    def _contend(self) -> Lease:
+        cfg = self.config
+        started = time.monotonic()
+        backoff = Backoff(0.2, max(0.5, min(5.0, cfg.ttl / 2)))
+        self._enter(State.CONTENDING, f"contending for {self.where} as {cfg.node_id}")
+        while True:
+            self._check_stop()
+            waited = time.monotonic() - started
+            if cfg.wait_timeout is not None and waited >= cfg.wait_timeout:
+                log.error("gave up after waiting %.1fs for %s (--wait-timeout)", waited, self.where)
+                raise Exit(EXIT_WAIT_TIMEOUT)
+            info = HolderInfo(node_id=cfg.node_id)
+            try:
+                lease = self.caller.call(
+                    self.backend.acquire, cfg.name, info, timeout=self._call_timeout()
+                )
+                if lease is not None:
+                    return lease
+                self._enter(State.STANDBY, f"standing by: {self.where} is held by another node")
+                wait_for = cfg.ttl
+                if cfg.wait_timeout is not None:
+                    wait_for = min(wait_for, cfg.wait_timeout - waited)
+                self.caller.call(
+                    self.backend.wait,
+                    cfg.name,
+                    max(0.0, wait_for),
+                    timeout=wait_for + cfg.call_timeout,
+                    interruptible=True,
+                )
+                backoff.reset()
+            except Interrupted:
+                continue
+            except BackendRejected:
+                raise
+            except BackendUnavailable as exc:
+                delay = backoff.next()
+                if cfg.wait_timeout is not None:
+                    delay = min(delay, max(0.0, cfg.wait_timeout - waited))
+                self._enter(
+                    State.BACKEND_DOWN,
+                    f"cannot reach the backend, will keep trying: {exc}",
+                    logging.WARNING,
+                )
+                self._pause(delay)
+
+    # -- holding ----------------------------------------------------------------
+
+    def _child_env(self, lease: Lease) -> dict[str, str]:
+        env = dict(os.environ)
+        env["COORDINATOR_NAME"] = self.config.name
+        env["COORDINATOR_NODE_ID"] = self.config.node_id
+        env["COORDINATOR_FENCING_TOKEN"] = str(lease.fencing_token)
+        return env
+
+    def _fence_at(self, lease: Lease) -> float:
+        return lease.deadline - self.config.grace - self.config.margin
+
+    def _hold(self, lease: Lease) -> int | None:
+        """Run the child while the lease holds. Returns an exit code, or None to
+        contend again after losing the lease."""
+        cfg = self.config
+        fence_at = self._fence_at(lease)
+        next_renew = lease.deadline - cfg.ttl + cfg.renew_interval
+        start_at = time.monotonic()
+        log.info("acquired %s (fencing token %d)", self.where, lease.fencing_token)
+        if lease.state_reset and cfg.effective_safety_delay > 0:
+            start_at += cfg.effective_safety_delay
+            self._enter(
+                State.DELAYING,
+                f"lock state may have been lost, so an earlier holder could still be running: "
+                f"waiting the safety delay of {cfg.effective_safety_delay:g}s before starting",
+            )
+        renew_failing = False
+        stop_signal = 0
+        while True:
+            for signum in self.events.take():
+                if signum in STOPPING:
+                    stop_signal = stop_signal or signum
+                elif signum in FORWARDED and self.child is not None:
+                    log.info("forwarding %s to the child", signame(signum))
+                    self.child.signal(signum)
+            if self.child is not None and (code := self.child.poll()) is not None:
+                self.child.kill_stragglers()
+                self.child = None
+                self._enter(State.EXITED, f"child exited with code {code}: releasing the lease")
+                self._release(lease)
+                return code
+            if stop_signal:
+                self._enter(State.STOPPING, f"received {signame(stop_signal)}: stopping")
+                code = self._stop_child(lease) if self.child else 128 + stop_signal
+                self._release(lease)
+                return code
+            now = time.monotonic()
+            if now >= fence_at:
+                self._enter(
+                    State.STOPPING,
+                    f"no renewal for {now - (lease.deadline - cfg.ttl):.1f}s and the lease may "
+                    f"expire in {lease.deadline - now:.1f}s: stopping the child",
+                    logging.WARNING,
+                )
+                self._stop_child(lease)
+                self._release(lease)  # the lease may still be ours: free it for the others
+                return None
+            if now >= next_renew:
+                try:
+                    lease = self.caller.call(
+                        self.backend.renew, lease, timeout=self._call_timeout(fence_at - now)
+                    )
+                except LeaseLost as exc:
+                    self._enter(
+                        State.STOPPING, f"lease lost ({exc}): stopping the child", logging.WARNING
+                    )
+                    self._stop_child(lease)
+                    return None
+                except (BackendUnavailable, BackendRejected) as exc:
+                    renew_failing = True
+                    log.warning(
+                        "renewal failed, will retry; the child is stopped in %.1fs unless a "
+                        "renewal succeeds: %s",
+                        max(0.0, fence_at - time.monotonic()),
+                        exc,
+                    )
+                    next_renew = time.monotonic() + min(0.5, cfg.renew_interval / 4)
+                    continue
+                fence_at = self._fence_at(lease)
+                next_renew = lease.deadline - cfg.ttl + cfg.renew_interval
+                if renew_failing:
+                    log.info("renewed the lease again")
+                    renew_failing = False
+                continue
+            if self.child is None and now >= start_at:
+                self._start_child(lease)
+                continue
+            wake_at = min(fence_at, next_renew)
+            if self.child is None:
+                wake_at = min(wake_at, start_at)
+            self.events.sleep(wake_at - time.monotonic())
+
+    def _start_child(self, lease: Lease) -> None:
+        try:
+            self.child = Child(self.config.command, self._child_env(lease))
+        except ChildStartError as exc:
+            log.error("%s", exc)
+            self._release(lease)
+            raise Exit(exc.exit_code) from exc
+        self._enter(State.RUNNING, f"started the child, pid {self.child.pid}")
+
+    def _stop_child(self, lease: Lease) -> int:
+        """TERM the child's process group, KILL after grace (never later than the
+        lease deadline minus the margin), reap it. Returns its exit code."""
+        child = self.child
+        assert child is not None
+        cfg = self.config
+        kill_at = min(time.monotonic() + cfg.grace, lease.deadline - cfg.margin)
+        child.signal_group(signal.SIGTERM)
+        killed = False
+        while (code := child.poll()) is None:
+            for signum in self.events.take():
+                if signum in STOPPING and not killed:
+                    log.info("received %s again: killing the child now", signame(signum))
+                    kill_at = time.monotonic()
+            now = time.monotonic()
+            if not killed and now >= kill_at:
+                log.warning("child did not exit within %gs of SIGTERM: sending SIGKILL", cfg.grace)
+                child.signal_group(signal.SIGKILL)
+                killed = True
+            self.events.sleep(0.05 if killed else kill_at - now)
+        child.kill_stragglers()
+        self.child = None
+        log.info("child stopped with code %d", code)
+        return code
+
+    def _stop_child_if_running(self) -> None:
+        """Last resort on an unexpected error: the child must not outlive us."""
+        if self.child is not None and self.child.poll() is None:
+            log.error("stopping the child before exiting")
+            self.child.signal_group(signal.SIGTERM)
+            end = time.monotonic() + self.config.grace
+            while self.child.poll() is None and time.monotonic() < end:
+                time.sleep(0.05)
+            self.child.kill_stragglers()
+            self.child.process.wait()
+
+    def _release(self, lease: Lease) -> None:
+        try:
+            self.caller.call(self.backend.release, lease, timeout=self._call_timeout())
+            log.info("released %s", self.where)
+        except (BackendUnavailable, BackendRejected) as exc:
+            log.warning("could not release the lease; it expires by itself: %s", exc)
