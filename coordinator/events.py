@@ -39,6 +39,8 @@ class Events:
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous: dict[int, Any] = {}
         self._previous_fd = -1
+        self._closed = False
+        self._lock = threading.Lock()  # an abandoned call may wake us after close
 
     def __enter__(self) -> Events:
         self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
@@ -50,8 +52,10 @@ class Events:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(self._previous_fd)
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.pending.append(signum)
@@ -59,8 +63,9 @@ class Events:
     def wake(self) -> None:
         """Called from other threads when a result is ready."""
         # A full pipe means the loop is going to wake anyway.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write, b"\0")
+        with self._lock, contextlib.suppress(BlockingIOError):
+            if not self._closed:
+                os.write(self._write, b"\0")
 
     def sleep(self, timeout: float) -> None:
         """Sleep until a signal arrives, a call finishes, or `timeout` passes."""

@@ -269,10 +269,9 @@ class Supervisor:
     def _start_child(self, lease: Lease) -> None:
         try:
             self.child = Child(self.config.command, self._child_env(lease))
-        except ChildStartError as exc:
-            log.error("%s", exc)
+        except ChildStartError:
             self._release(lease)
-            raise Exit(exc.exit_code) from exc
+            raise  # the CLI prints it as the one error line, with its exit code
         self._enter(State.RUNNING, f"started the child, pid {self.child.pid}")
 
     def _stop_child(self, lease: Lease) -> int:

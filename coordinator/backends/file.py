@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from coordinator.backends.base import Backend, HolderInfo, Lease
-from coordinator.config import Config
+from coordinator.config import Config, redact_url
 from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
 
 POLL_INTERVAL = 0.05  # standby probe period: one local syscall, no server involved
@@ -43,10 +43,14 @@ def directory_from_url(url: str | None) -> Path:
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path.startswith("/"):
-            raise ConfigError(f"file URL must be absolute, like file:///var/lock/app: {url!r}")
+            raise ConfigError(
+                f"file URL must be absolute, like file:///var/lock/app: {redact_url(url)!r}"
+            )
         return Path(path)
     if "://" in url:
-        raise ConfigError(f"the file backend takes a directory or file:///dir URL, got {url!r}")
+        raise ConfigError(
+            f"the file backend takes a directory or file:///dir URL, got {redact_url(url)!r}"
+        )
     return Path(url).expanduser()
 
 

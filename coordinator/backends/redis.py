@@ -2,18 +2,23 @@
 
 Keys, with a hash tag so they share a cluster slot:
   {prefix}{<name>}           the lock; value is JSON {token, fencing_token, holder}
-  {prefix}{<name>}/fence     fencing counter, never expires
+  {prefix}{<name>}/state     hash, never expires: `fence` (the fencing counter) and
+                             `until` (server time in ms when the current lease ends;
+                             0 after a release)
   {prefix}{<name>}/released  pub/sub channel; a graceful release publishes on it
 
-A missing fencing counter means the server is new or lost its data (a restart without
-persistence, a failover to an empty replica). The counter is then seeded from the
-server's clock in milliseconds, so fencing tokens keep increasing, and the lease is
-marked state_reset so the supervisor waits its safety delay before starting the child.
+The lock can vanish while its holder still runs: a DEL by an operator, a restart
+without persistence, a failover to a replica that had not seen the key. A newcomer
+that finds no lock but an `until` still in the future, or no state hash at all, gets a
+lease marked state_reset, and the supervisor waits its safety delay before starting
+the child. A missing state hash seeds the counter from the server clock in
+milliseconds, so fencing tokens keep increasing across a loss of all data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -29,50 +34,72 @@ from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError,
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
-ACQUIRE = """
+NOW_MS = """
+local function now_ms()
+  local t = redis.call('time')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+ACQUIRE = (
+    NOW_MS
+    + """
 if redis.call('exists', KEYS[1]) == 1 then
   return {0, redis.call('pttl', KEYS[1]), 0}
 end
+local now = now_ms()
 local reset = 0
 if redis.call('exists', KEYS[2]) == 0 then
-  local t = redis.call('time')
-  redis.call('set', KEYS[2], t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  redis.call('hset', KEYS[2], 'fence', string.format('%d', now))
+  reset = 1
+elseif tonumber(redis.call('hget', KEYS[2], 'until') or '0') > now then
   reset = 1
 end
-local fencing = redis.call('incr', KEYS[2])
+local fencing = redis.call('hincrby', KEYS[2], 'fence', 1)
+redis.call('hset', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])))
 local value = cjson.encode({token = ARGV[1], fencing_token = fencing,
                             holder = cjson.decode(ARGV[3])})
 redis.call('set', KEYS[1], value, 'PX', ARGV[2])
 return {1, fencing, reset}
 """
+)
 
-# Both scripts read the owner token out of the JSON value: the lock is ours only if
-# the token matches, so a stale holder can never extend or delete a newer lease.
+# The lock is ours only if the token in its JSON value matches, so a stale holder can
+# never extend or delete a newer lease.
 OWNED = """
-local v = redis.call('get', KEYS[1])
-if not v then return false end
-local ok, d = pcall(cjson.decode, v)
-return ok and type(d) == 'table' and d.token == ARGV[1]
+local function owned()
+  local v = redis.call('get', KEYS[1])
+  if not v then return false end
+  local ok, d = pcall(cjson.decode, v)
+  return ok and type(d) == 'table' and d.token == ARGV[1]
+end
 """
 
-RENEW = f"""
-local function owned() {OWNED} end
+RENEW = (
+    NOW_MS
+    + OWNED
+    + """
 if owned() then
   redis.call('pexpire', KEYS[1], ARGV[2])
+  redis.call('hset', KEYS[2], 'until', string.format('%d', now_ms() + tonumber(ARGV[2])))
   return 1
 end
 return 0
 """
+)
 
-RELEASE = f"""
-local function owned() {OWNED} end
+RELEASE = (
+    OWNED
+    + """
 if owned() then
   redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[2], 'until', '0')
   redis.call('publish', ARGV[2], 'released')
   return 1
 end
 return 0
 """
+)
 
 
 def translate(exc: Exception, where: str) -> Exception:
@@ -110,7 +137,7 @@ class RedisBackend(Backend):
 
     def _keys(self, name: str) -> tuple[str, str, str]:
         base = f"{self.prefix}{{{name}}}"
-        return base, f"{base}/fence", f"{base}/released"
+        return base, f"{base}/state", f"{base}/released"
 
     def describe(self, name: str) -> str:
         return f"key {self._keys(name)[0]} on {self.where}"
@@ -138,19 +165,18 @@ class RedisBackend(Backend):
         return Lease(name, token, int(value), sent + self.ttl, state_reset=bool(reset))
 
     def renew(self, lease: Lease) -> Lease:
-        key, _, _ = self._keys(lease.name)
+        key, state, _ = self._keys(lease.name)
         sent = time.monotonic()
-        if not self._call(self._renew, keys=[key], args=[lease.token, int(self.ttl * 1000)]):
+        ttl_ms = int(self.ttl * 1000)
+        if not self._call(self._renew, keys=[key, state], args=[lease.token, ttl_ms]):
             raise LeaseLost(f"{key} is gone or held by someone else")
         return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
 
     def release(self, lease: Lease) -> None:
-        key, _, channel = self._keys(lease.name)
-        self._call(self._release, keys=[key], args=[lease.token, channel])
+        key, state, channel = self._keys(lease.name)
+        self._call(self._release, keys=[key, state], args=[lease.token, channel])
 
     def holder(self, name: str) -> HolderInfo | None:
-        import json
-
         key, _, _ = self._keys(name)
         pipe = self.client.pipeline(transaction=True)
         pipe.get(key)

@@ -1,0 +1,134 @@
+"""Real supervisors as subprocesses, each running the probe child, and the checker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PROBE = str(Path(__file__).with_name("probe.py"))
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class Record:
+    event: str
+    pid: int
+    ppid: int
+    token: str
+    at: float
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.02) -> float:
+    """Poll until predicate() is true; returns the seconds it took. Fails on timeout."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Cluster:
+    def __init__(self, tmp: Path, backend_args: list[str], name: str = "probe") -> None:
+        self.tmp = tmp
+        self.backend_args = backend_args
+        self.name = name
+        self.log = tmp / "probe.log"
+        self.lock = tmp / "probe.flock"
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def command(
+        self,
+        *extra: str,
+        ttl: float = 3.0,
+        grace: float = 1.0,
+        probe_flags: tuple[str, ...] = (),
+        child: list[str] | None = None,
+    ) -> list[str]:
+        argv = child or [sys.executable, PROBE, str(self.lock), str(self.log), *probe_flags]
+        return [
+            sys.executable,
+            "-m",
+            "coordinator",
+            *self.backend_args,
+            "--name",
+            self.name,
+            "--ttl",
+            str(ttl),
+            "--grace",
+            str(grace),
+            *extra,
+            "--",
+            *argv,
+        ]
+
+    def start(self, *extra: str, **kwargs: object) -> subprocess.Popen[str]:
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        proc = subprocess.Popen(
+            self.command(*extra, **kwargs),  # type: ignore[arg-type]
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def records(self, event: str | None = None) -> list[Record]:
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            event_, pid, ppid, token, at = line.split()
+            out.append(Record(event_, int(pid), int(ppid), token, float(at)))
+        return [r for r in out if event is None or r.event == event]
+
+    def starts(self) -> list[Record]:
+        return self.records("start")
+
+    def wait_starts(self, count: int, timeout: float) -> float:
+        return wait_until(lambda: len(self.starts()) >= count, timeout)
+
+    def holder(self) -> subprocess.Popen[str]:
+        """The supervisor whose child started last."""
+        last = self.starts()[-1]
+        return next(p for p in self.procs if p.pid == last.ppid)
+
+    def check(self) -> None:
+        """The invariant: never two probes at once, fencing tokens strictly increase."""
+        violations = self.records("violation")
+        assert not violations, f"two children ran at once: {violations}"
+        tokens = [int(r.token) for r in self.starts()]
+        assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def output(self, proc: subprocess.Popen[str]) -> str:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate()
+        return out

@@ -1,0 +1,62 @@
+"""The probe child for end-to-end tests.
+
+It takes an exclusive flock on a shared file: if another probe holds it, two children
+run at once, which is recorded as a violation. It appends one line per event to a
+log: "<event> <pid> <ppid> <fencing token> <monotonic time>".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+
+
+def record(log: str, event: str) -> None:
+    token = os.environ.get("COORDINATOR_FENCING_TOKEN", "-")
+    line = f"{event} {os.getpid()} {os.getppid()} {token} {time.monotonic():.6f}\n"
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    lock_path, log = sys.argv[1], sys.argv[2]
+    flags = set(sys.argv[3:])
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        record(log, "violation")
+        sys.exit(99)
+    record(log, "start")
+    if "--grandchild" in flags:
+        # A grandchild in the same process group must die with the child.
+        pid = os.fork()
+        if pid == 0:
+            record(log, "grandchild")
+            while True:
+                time.sleep(1)
+
+    def on_term(signum: int, frame: object) -> None:
+        if "--ignore-term" in flags:
+            record(log, "ignored-term")
+            return
+        record(log, "stop")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if "--exit-soon" in flags:
+        time.sleep(0.3)
+        record(log, "stop")
+        sys.exit(0)
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Bad input: one clear line, a documented exit code, no traceback, no password."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import wait_until
+from tests.servers import RedisServer, free_port
+
+SECRET = "s3cr3t-pa55"
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def run(*args: str, timeout: float = 20, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def assert_one_clear_line(output: str, *needles: str) -> None:
+    errors = [line for line in output.splitlines() if line.startswith("coordinator: error:")]
+    assert len(errors) == 1, output
+    for needle in needles:
+        assert needle in errors[0], output
+    assert "Traceback" not in output
+    assert SECRET not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--backend", "nope", "--", "true"], 2, "unknown backend 'nope'"),
+        (["--nmae", "x", "--", "true"], 2, "No such option: --nmae"),
+        (["--name", "x"], 2, "no command given"),
+        (["--name", "x", "--"], 2, "no command given"),
+        (["--ttl", "3", "--grace", "3", "--", "true"], 2, "--grace 3s is too long for --ttl 3s"),
+        (["--ttl", "10", "--grace", "9", "--", "true"], 2, "is too long"),
+        (["--ttl", "0", "--", "true"], 2, "--ttl must be positive"),
+        (["--ttl", "abc", "--", "true"], 2, "--ttl"),
+        (["--log-level", "loud", "--", "true"], 2, "unknown log level"),
+        (["-b", "redis", "--url", f"redis://:{SECRET}@[::1", "--", "true"], 2, "malformed"),
+        (["-b", "redis", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "redis URL must"),
+        (["-b", "file", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "file backend"),
+        (["--", "/nonexistent/program"], 127, "command not found"),
+        (["--", "/dev/null"], 126, "not executable"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(
+    args: list[str], code: int, needle: str, tmp_path: Path
+) -> None:
+    status, output = run(*args, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert status == code, output
+    assert_one_clear_line(output, needle)
+
+
+def test_unreachable_server_at_start_keeps_the_standby_waiting() -> None:
+    url = f"redis://user:{SECRET}@127.0.0.1:{free_port()}/0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "-b", "redis", "--url", url, "--", "true"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    time.sleep(2.0)
+    assert proc.poll() is None, "a standby must not exit because the backend is down"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "cannot reach the backend, will keep trying" in out
+    assert "user:***@127.0.0.1" in out
+    assert SECRET not in out and "Traceback" not in out
+
+
+def test_standby_acquires_once_the_server_comes_back(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.stop()
+    done = tmp_path / "ran"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "-b",
+            "redis",
+            "--url",
+            server.url,
+            "--ttl",
+            "3",
+            "--grace",
+            "1",
+            "--safety-delay",
+            "0",
+            "--",
+            sys.executable,
+            "-c",
+            f"open({str(done)!r}, 'w').write('x')",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    try:
+        time.sleep(1.5)
+        assert not done.exists()
+        server.start()
+        assert proc.wait(timeout=15) == 0
+        assert done.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+
+
+def test_wrong_password_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="right-one")
+    try:
+        url = f"redis://:{SECRET}@127.0.0.1:{server.port}/0"
+        status, output = run("-b", "redis", "--url", url, "--", "true")
+        assert status == 3, output
+        assert_one_clear_line(output, "refused")
+        assert ":***@127.0.0.1" in output
+        status, output = run(
+            "-b", "redis", "--url", f"redis://127.0.0.1:{server.port}/0", "--", "true"
+        )
+        assert status == 3, output
+        assert_one_clear_line(output, "refused")
+    finally:
+        server.stop()
+
+
+def test_acl_user_and_password_in_the_url_work(tmp_path: Path) -> None:
+    import redis
+
+    server = RedisServer(tmp_path)
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "beat", "on", f">{SECRET}", "~*", "&*", "+@all")
+        admin.execute_command("ACL", "SETUSER", "default", "off")
+        url = f"redis://beat:{SECRET}@127.0.0.1:{server.port}/0"
+        status, output = run("-b", "redis", "--url", url, "--", "true")
+        assert status == 0, output
+        assert SECRET not in output
+        status, output = run("-b", "redis", "--url", url.replace(SECRET, "wrong"), "--", "true")
+        assert status == 3, output
+    finally:
+        server.stop()
+
+
+def test_missing_client_library_names_the_extra(tmp_path: Path) -> None:
+    blocker = tmp_path / "redis.py"
+    blocker.write_text("raise ImportError('blocked for this test', name='redis')\n")
+    status, output = run("-b", "redis", "--", "true", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert status == 2, output
+    assert_one_clear_line(output, "pip install 'coordinator[redis]'")
+
+
+def test_wait_timeout_exits_4(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "--name", "wt", "--", "sleep", "30"],
+        env=dict(os.environ, PYTHONPATH=ROOT, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: (tmp_path / "coordinator" / "wt.lock").exists(), timeout=10)
+        time.sleep(0.3)
+        start = time.monotonic()
+        status, output = run("--name", "wt", "--wait-timeout", "1", "--", "true", env=env)
+        assert status == 4, output
+        assert 0.9 < time.monotonic() - start < 5
+        assert "--wait-timeout" in output
+    finally:
+        holder.terminate()
+        holder.wait()

@@ -1,0 +1,171 @@
+"""The real CLI as subprocesses, with the flock probe as the child, on every backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, alive, wait_until
+from tests.conftest import Store
+
+TTL = 3.0
+
+
+@pytest.fixture
+def cluster(store: Store, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, store.cli_args())
+    yield c
+    c.stop_all()
+    for record in c.starts():
+        assert not alive(record.pid), f"child {record.pid} outlived its supervisor"
+
+
+def test_three_supervisors_run_exactly_one_child(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.start()
+    cluster.wait_starts(1, timeout=10)
+    time.sleep(TTL)  # several renewals: nobody else starts
+    assert len(cluster.starts()) == 1
+    assert sum(p.poll() is None for p in cluster.procs) == 3
+    cluster.check()
+
+
+def test_kill_9_of_the_holder_fails_over_within_ttl(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.start()
+    cluster.wait_starts(1, timeout=10)
+    old_child = cluster.starts()[0]
+    holder = cluster.holder()
+    holder.kill()
+    killed_at = time.monotonic()
+    holder.wait()
+    # The parent-death signal takes the child down with its supervisor.
+    wait_until(lambda: not alive(old_child.pid), timeout=2)
+    cluster.wait_starts(2, timeout=TTL + 1)
+    took = cluster.starts()[1].at - killed_at
+    assert took < TTL + 1, took
+    cluster.check()
+
+
+def test_sigterm_of_the_holder_hands_over_at_once(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.start()
+    cluster.wait_starts(1, timeout=10)
+    holder = cluster.holder()
+    holder.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert holder.wait(timeout=5) == 0  # the probe exits 0 on SIGTERM
+    cluster.wait_starts(2, timeout=5)
+    took = cluster.starts()[1].at - signalled
+    assert took < 1.0, took
+    stops = cluster.records("stop")
+    assert stops and stops[0].at <= cluster.starts()[1].at
+    cluster.check()
+
+
+def test_lock_deleted_out_of_band_stops_the_old_child(cluster: Cluster, store: Store) -> None:
+    for _ in range(2):
+        cluster.start()
+    cluster.wait_starts(1, timeout=10)
+    old = cluster.starts()[0]
+    store.delete_lock(cluster.name)
+    # The holder learns at its next renewal (ttl/3) and stops its child; the
+    # newcomer waits the safety delay, so the two never overlap.
+    wait_until(lambda: cluster.records("stop"), timeout=TTL)
+    assert cluster.records("stop")[0].pid == old.pid
+    cluster.wait_starts(2, timeout=2 * TTL + 2)
+    cluster.check()
+
+
+def test_child_exit_code_propagates(cluster: Cluster) -> None:
+    proc = cluster.start(child=[sys.executable, "-c", "import sys; sys.exit(7)"])
+    assert proc.wait(timeout=10) == 7
+    proc = cluster.start(child=[sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
+    assert proc.wait(timeout=10) == 128 + 9
+
+
+def test_child_ignoring_sigterm_is_killed_after_grace(cluster: Cluster) -> None:
+    proc = cluster.start(probe_flags=("--ignore-term",))
+    cluster.wait_starts(1, timeout=10)
+    child = cluster.starts()[0]
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    assert proc.wait(timeout=5) == 128 + signal.SIGKILL
+    took = time.monotonic() - start
+    assert 0.9 <= took < 2.5, took
+    assert cluster.records("ignored-term")
+    assert not alive(child.pid)
+
+
+def test_grandchildren_are_stopped_with_the_child(cluster: Cluster) -> None:
+    proc = cluster.start(probe_flags=("--grandchild",))
+    wait_until(lambda: cluster.records("grandchild"), timeout=10)
+    grandchild = cluster.records("grandchild")[0]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=5)
+    wait_until(lambda: not alive(grandchild.pid), timeout=2)
+
+
+def test_second_sigterm_kills_at_once(cluster: Cluster) -> None:
+    proc = cluster.start(probe_flags=("--ignore-term",), grace=1.2)
+    cluster.wait_starts(1, timeout=10)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    assert proc.wait(timeout=5) == 128 + signal.SIGKILL
+    assert time.monotonic() - start < 0.8
+
+
+def test_forwarded_signal_reaches_the_child(cluster: Cluster, tmp_path: Path) -> None:
+    marker = tmp_path / "got-hup"
+    script = (
+        "import signal, time, pathlib\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).touch())\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    proc = cluster.start(child=[sys.executable, "-c", script])
+    assert proc.stdout is not None
+    wait_until(lambda: "ready" in (proc.stdout.readline() if proc.stdout else ""), timeout=10)
+    proc.send_signal(signal.SIGHUP)
+    wait_until(marker.exists, timeout=3)
+    assert proc.poll() is None  # HUP is forwarded, it does not stop the supervisor
+
+
+def test_child_environment(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    script = (
+        "import os, json\n"
+        f"open({str(out)!r}, 'a').write(json.dumps({{k: v for k, v in os.environ.items()"
+        " if k.startswith('COORDINATOR_') or 'REDIS' in k}) + '\\n')\n"
+    )
+    env_before = {k for k in os.environ if "REDIS" in k}
+    for _ in range(2):
+        proc = cluster.start("--node-id", "n1", child=[sys.executable, "-c", script])
+        assert proc.wait(timeout=10) == 0
+    import json
+
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["COORDINATOR_NAME"] for r in runs] == ["probe", "probe"]
+    assert [r["COORDINATOR_NODE_ID"] for r in runs] == ["n1", "n1"]
+    tokens = [int(r["COORDINATOR_FENCING_TOKEN"]) for r in runs]
+    assert tokens[0] < tokens[1]
+    # No backend address or credential is added to the child's environment.
+    assert {k for k in runs[0] if "REDIS" in k} == env_before
+    assert "COORDINATOR_URL" not in runs[0] or "COORDINATOR_URL" in os.environ
+
+
+def test_python_dash_m_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("coordinator ")

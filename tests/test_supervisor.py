@@ -1,0 +1,163 @@
+"""The supervisor loop against a scripted in-process backend (real child processes).
+
+These complement, never replace, the real-server tests: they make a backend hang,
+fail or change its answer at an exact moment, which a real server cannot do on cue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.config import Config
+from coordinator.errors import EXIT_WAIT_TIMEOUT, BackendRejected, BackendUnavailable, LeaseLost
+from coordinator.supervisor import Supervisor
+from tests.cluster import Cluster
+
+TTL, GRACE = 1.5, 0.2
+
+
+class ScriptedBackend(Backend):
+    name = "scripted"
+
+    def __init__(self, acquire: list[str], renew: list[str], state_reset: bool = False) -> None:
+        self.acquire_plan, self.renew_plan = acquire, renew
+        self.state_reset = state_reset
+        self.calls: list[tuple[str, float]] = []
+        self.leases: list[Lease] = []
+        self.unblock = threading.Event()
+        self.token = 0
+
+    def _next(self, plan: list[str], default: str) -> str:
+        return plan.pop(0) if plan else default
+
+    def acquire(self, name: str, info: HolderInfo) -> Lease | None:
+        sent = time.monotonic()
+        self.calls.append(("acquire", sent))
+        step = self._next(self.acquire_plan, "none")
+        if step == "unavailable":
+            raise BackendUnavailable("scripted outage")
+        if step == "rejected":
+            raise BackendRejected("scripted: wrong password")
+        if step == "none":
+            return None
+        self.token += 1
+        lease = Lease(name, f"t{self.token}", self.token, sent + TTL, self.state_reset)
+        self.leases.append(lease)
+        return lease
+
+    def renew(self, lease: Lease) -> Lease:
+        sent = time.monotonic()
+        self.calls.append(("renew", sent))
+        step = self._next(self.renew_plan, "ok")
+        if step == "hang":
+            self.unblock.wait()
+            raise BackendUnavailable("scripted: unblocked")
+        if step == "unavailable":
+            raise BackendUnavailable("scripted outage")
+        if step == "lost":
+            raise LeaseLost("scripted: not yours")
+        renewed = Lease(lease.name, lease.token, lease.fencing_token, sent + TTL)
+        self.leases.append(renewed)
+        return renewed
+
+    def release(self, lease: Lease) -> None:
+        self.calls.append(("release", time.monotonic()))
+
+    def holder(self, name: str) -> HolderInfo | None:
+        return None
+
+    def wait(self, name: str, timeout: float) -> None:
+        self.calls.append(("wait", time.monotonic()))
+        time.sleep(min(timeout, 0.05))
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Cluster:
+    return Cluster(tmp_path, [])
+
+
+def supervise(backend: ScriptedBackend, probe: Cluster, *flags: str, **kwargs: float) -> int:
+    config = Config(
+        command=(
+            sys.executable,
+            str(Path(__file__).with_name("probe.py")),
+            str(probe.lock),
+            str(probe.log),
+            *flags,
+        ),
+        name="unit",
+        ttl=TTL,
+        grace=GRACE,
+        wait_timeout=kwargs.pop("wait_timeout", 0.6),
+        **kwargs,
+    )
+    try:
+        return Supervisor(config, backend).run()
+    finally:
+        backend.unblock.set()
+
+
+def test_a_hung_renewal_stops_the_child_before_the_lease_expires(probe: Cluster) -> None:
+    backend = ScriptedBackend(["lease"], ["hang"] * 20)
+    assert supervise(backend, probe) == EXIT_WAIT_TIMEOUT
+    [stop] = probe.records("stop")
+    deadline = backend.leases[0].deadline
+    assert stop.at < deadline, f"child stopped {stop.at - deadline:.3f}s after the deadline"
+    assert stop.at > deadline - GRACE - 0.5  # not long before the fencing point either
+    assert [c for c, _ in backend.calls].count("acquire") >= 2  # back to contending
+
+
+def test_a_definite_no_on_renewal_stops_the_child_at_once(probe: Cluster) -> None:
+    backend = ScriptedBackend(["lease"], ["lost"])
+    assert supervise(backend, probe) == EXIT_WAIT_TIMEOUT
+    [stop] = probe.records("stop")
+    renew_at = next(t for c, t in backend.calls if c == "renew")
+    assert stop.at - renew_at < 0.3
+    # A lost lease is not ours to release.
+    assert "release" not in [c for c, _ in backend.calls]
+
+
+def test_transient_renewal_failures_do_not_stop_the_child(probe: Cluster) -> None:
+    backend = ScriptedBackend(["lease"], ["unavailable", "ok", "unavailable", "ok"])
+    # Run past several renewals and fencing points, then stop as an operator would.
+    timer = threading.Timer(2.5, os.kill, args=(os.getpid(), signal.SIGTERM))
+    timer.start()
+    code = supervise(backend, probe)
+    timer.cancel()
+    starts = probe.records("start")
+    assert code == 0  # stopped by our SIGTERM; the probe exits 0 on TERM
+    assert len(starts) == 1
+    assert [c for c, _ in backend.calls].count("renew") >= 4
+
+
+def test_outage_at_start_keeps_waiting_then_runs(probe: Cluster) -> None:
+    backend = ScriptedBackend(["unavailable", "unavailable", "none", "lease"], [])
+    assert supervise(backend, probe, "--exit-soon", wait_timeout=10.0) == 0
+    [stop] = probe.records("stop")
+    release_at = next(t for c, t in backend.calls if c == "release")
+    assert release_at > stop.at  # released only after the child was reaped
+
+
+def test_rejected_credentials_end_the_program(probe: Cluster) -> None:
+    backend = ScriptedBackend(["rejected"], [])
+    with pytest.raises(BackendRejected):
+        supervise(backend, probe)
+    assert not probe.records()
+
+
+def test_state_reset_waits_the_safety_delay(probe: Cluster) -> None:
+    backend = ScriptedBackend(["lease"], [], state_reset=True)
+    acquired_before = time.monotonic()
+    assert supervise(backend, probe, "--exit-soon", safety_delay=0.8) == 0
+    [start] = probe.starts()
+    assert start.at - acquired_before >= 0.8
+    # Renewals went on during the delay.
+    assert [c for c, _ in backend.calls].count("renew") >= 1
