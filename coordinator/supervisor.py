@@ -197,8 +197,8 @@ class Supervisor:
             start_at += cfg.effective_safety_delay
             self._enter(
                 State.DELAYING,
-                f"lock state may have been lost, so an earlier holder could still be running: "
-                f"waiting the safety delay of {cfg.effective_safety_delay:g}s before starting",
+                f"{lease.state_reset}, so an earlier holder could still be running: waiting "
+                f"the safety delay of {cfg.effective_safety_delay:g}s before starting the child",
             )
         renew_failing = False
         stop_signal = 0
@@ -228,7 +228,8 @@ class Supervisor:
                     f"expire in {lease.deadline - now:.1f}s: stopping the child",
                     logging.WARNING,
                 )
-                self._stop_child(lease)
+                if self.child is not None:
+                    self._stop_child(lease)
                 self._release(lease)  # the lease may still be ours: free it for the others
                 return None
             if now >= next_renew:
@@ -237,10 +238,9 @@ class Supervisor:
                         self.backend.renew, lease, timeout=self._call_timeout(fence_at - now)
                     )
                 except LeaseLost as exc:
-                    self._enter(
-                        State.STOPPING, f"lease lost ({exc}): stopping the child", logging.WARNING
-                    )
-                    self._stop_child(lease)
+                    self._enter(State.STOPPING, f"lease lost: {exc}", logging.WARNING)
+                    if self.child is not None:
+                        self._stop_child(lease)
                     return None
                 except (BackendUnavailable, BackendRejected) as exc:
                     renew_failing = True
@@ -281,6 +281,10 @@ class Supervisor:
         assert child is not None
         cfg = self.config
         kill_at = min(time.monotonic() + cfg.grace, lease.deadline - cfg.margin)
+        log.info(
+            "stopping the child: SIGTERM to its process group, SIGKILL in %.1fs",
+            max(0.0, kill_at - time.monotonic()),
+        )
         child.signal_group(signal.SIGTERM)
         killed = False
         while (code := child.poll()) is None:

@@ -27,7 +27,7 @@ TTL, GRACE = 1.5, 0.2
 class ScriptedBackend(Backend):
     name = "scripted"
 
-    def __init__(self, acquire: list[str], renew: list[str], state_reset: bool = False) -> None:
+    def __init__(self, acquire: list[str], renew: list[str], state_reset: str = "") -> None:
         self.acquire_plan, self.renew_plan = acquire, renew
         self.state_reset = state_reset
         self.calls: list[tuple[str, float]] = []
@@ -154,7 +154,7 @@ def test_rejected_credentials_end_the_program(probe: Cluster) -> None:
 
 
 def test_state_reset_waits_the_safety_delay(probe: Cluster) -> None:
-    backend = ScriptedBackend(["lease"], [], state_reset=True)
+    backend = ScriptedBackend(["lease"], [], state_reset="scripted state loss")
     acquired_before = time.monotonic()
     assert supervise(backend, probe, "--exit-soon", safety_delay=0.8) == 0
     [start] = probe.starts()

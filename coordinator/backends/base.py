@@ -58,10 +58,10 @@ class Lease:
     token: str  # owner token: proves ownership in compare-and-set calls
     fencing_token: int  # strictly increasing per name across acquisitions
     deadline: float  # time.monotonic() after which the lease may be someone else's
-    # True when the backend cannot rule out that an earlier holder lost its lock
-    # while still running (lock state lost); the supervisor then waits its safety
-    # delay before starting the child.
-    state_reset: bool = False
+    # Non-empty when the backend cannot rule out that an earlier holder lost its lock
+    # while still running (the lock state was lost); it says why. The supervisor then
+    # waits its safety delay before starting the child.
+    state_reset: str = ""
 
 
 class Backend(abc.ABC):

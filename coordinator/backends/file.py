@@ -122,7 +122,8 @@ class FileBackend(Backend):
         self._held[token] = fd
         # A fresh lock file beside an existing counter means the lock file was removed
         # while someone may still have held it: its holder may not have noticed yet.
-        return Lease(name, token, fencing, sent + self.ttl, state_reset=created and fence_existed)
+        reset = "the lock file had been removed" if created and fence_existed else ""
+        return Lease(name, token, fencing, sent + self.ttl, state_reset=reset)
 
     @staticmethod
     def _still_at_path(fd: int, path: Path) -> bool:

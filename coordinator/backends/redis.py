@@ -53,7 +53,7 @@ if redis.call('exists', KEYS[2]) == 0 then
   redis.call('hset', KEYS[2], 'fence', string.format('%d', now))
   reset = 1
 elseif tonumber(redis.call('hget', KEYS[2], 'until') or '0') > now then
-  reset = 1
+  reset = 2
 end
 local fencing = redis.call('hincrby', KEYS[2], 'fence', 1)
 redis.call('hset', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])))
@@ -100,6 +100,12 @@ end
 return 0
 """
 )
+
+RESETS = {
+    0: "",
+    1: "redis has no record of this lock (first use of the name, or the server lost its data)",
+    2: "the lock key vanished before its lease ran out (deleted, or lost by the server)",
+}
 
 
 def translate(exc: Exception, where: str) -> Exception:
@@ -162,7 +168,7 @@ class RedisBackend(Backend):
                 sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
             )
             return None
-        return Lease(name, token, int(value), sent + self.ttl, state_reset=bool(reset))
+        return Lease(name, token, int(value), sent + self.ttl, state_reset=RESETS[int(reset)])
 
     def renew(self, lease: Lease) -> Lease:
         key, state, _ = self._keys(lease.name)
