@@ -164,7 +164,8 @@ class FileBackend(Backend):
         if fd is not None:
             os.close(fd)  # closing drops the flock
 
-    def holder(self, name: str) -> HolderInfo | None:
+    def _peek(self, name: str) -> bytes | None:
+        """The lock file's content while someone holds it; None when it is free."""
         lock_path, _ = self._paths(name)
         try:
             fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -173,40 +174,29 @@ class FileBackend(Backend):
         except OSError as exc:
             raise BackendUnavailable(f"cannot open lock file {lock_path}: {exc}") from exc
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = os.pread(fd, 65536, 0)
-                token = json.loads(text or b"{}").get("fencing_token") if text else None
-                return HolderInfo.from_json(text or b"{}", fencing_token=token)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None
-        except ValueError:
-            return HolderInfo(node_id="unknown", host="", pid=0, since=0.0)
+        except BlockingIOError:
+            return os.pread(fd, 65536, 0)
         finally:
             os.close(fd)
+
+    def holder(self, name: str) -> HolderInfo | None:
+        text = self._peek(name)
+        if text is None:
+            return None
+        try:
+            token = json.loads(text).get("fencing_token")
+        except (ValueError, AttributeError):
+            token = None
+        return HolderInfo.from_json(text or b"{}", fencing_token=token)
 
     def wait(self, name: str, timeout: float) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self._looks_free(name):
+            if self._peek(name) is None:
                 return
             time.sleep(min(POLL_INTERVAL, max(0.0, end - time.monotonic())))
-
-    def _looks_free(self, name: str) -> bool:
-        lock_path, _ = self._paths(name)
-        try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         for fd in self._held.values():
