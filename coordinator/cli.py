@@ -62,7 +62,7 @@ def run(
             metavar="NAME",
             envvar="COORDINATOR_BACKEND",
             show_envvar=True,
-            help="Where the lock lives: file (this host only, no server), redis.",
+            help="Where the lock lives: file (this host only, no server), redis, postgres.",
         ),
     ] = "file",
     url: Annotated[
@@ -71,8 +71,9 @@ def run(
             metavar="URL",
             envvar="COORDINATOR_URL",
             show_envvar=True,
-            help="Backend address. Defaults to the ecosystem's own variable (REDIS_URL for "
-            "redis) and for file to a per-user runtime directory.",
+            help="Backend address. Defaults to the ecosystem's own variables (REDIS_URL; "
+            "DATABASE_URL, then libpq's PG* variables) and for file to a per-user runtime "
+            "directory.",
         ),
     ] = None,
     name: Annotated[

@@ -67,15 +67,21 @@ class Events:
             if not self._closed:
                 os.write(self._write, b"\0")
 
-    def sleep(self, timeout: float) -> None:
-        """Sleep until a signal arrives, a call finishes, or `timeout` passes."""
-        ready, _, _ = select.select([self._read], [], [], max(0.0, timeout))
-        if ready:
+    def sleep(self, timeout: float, watch: int | None = None) -> bool:
+        """Sleep until a signal arrives, a call finishes, `timeout` passes, or the
+        `watch` descriptor turns readable. Returns True in that last case."""
+        fds = [self._read] if watch is None else [self._read, watch]
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except (OSError, ValueError):  # the watched socket was closed meanwhile
+            ready = [] if watch is None else [watch]
+        if self._read in ready:
             try:
                 while os.read(self._read, 4096):
                     pass
             except BlockingIOError:
                 pass
+        return watch is not None and watch in ready
 
     def take(self) -> list[int]:
         taken = list(self.pending)

@@ -202,6 +202,7 @@ class Supervisor:
             )
         renew_failing = False
         stop_signal = 0
+        watch_quiet_until = 0.0
         while True:
             for signum in self.events.take():
                 if signum in STOPPING:
@@ -264,7 +265,13 @@ class Supervisor:
             wake_at = min(fence_at, next_renew)
             if self.child is None:
                 wake_at = min(wake_at, start_at)
-            self.events.sleep(wake_at - time.monotonic())
+            watch = self.backend.watch_fd() if now >= watch_quiet_until else None
+            if self.events.sleep(wake_at - time.monotonic(), watch):
+                # The server may have dropped us: check now rather than at the next
+                # renewal, at most a few times a second if the socket stays readable.
+                log.debug("the backend connection needs attention: renewing now")
+                next_renew = time.monotonic()
+                watch_quiet_until = next_renew + 0.2
 
     def _start_child(self, lease: Lease) -> None:
         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 from coordinator.backends import create_backend
 from coordinator.backends.base import Backend
 from coordinator.config import Config
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
-BACKENDS = ["file", "redis"]
+BACKENDS = ["file", "redis", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = os.environ.get("COORDINATOR_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer()
+    # A server younger than a ttl makes every acquisition wait the safety delay
+    # (locks do not survive a restart); the tests use a ttl of a few seconds.
+    time.sleep(max(0.0, 4.0 - server.uptime()))
+    yield server.url
+    server.destroy()
 
 
 class Store:
@@ -61,6 +76,19 @@ class Store:
             client = redis.Redis.from_url(self.url)
             assert client.delete(f"{self.prefix}{{{name}}}") == 1
             client.close()
+        elif self.kind == "postgres":
+            import psycopg
+
+            from coordinator.backends.postgres import key_parts, lock_key
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND objsubid = 1 AND granted AND classid::int8 = %(hi)s"
+                    " AND objid::int8 = %(lo)s",
+                    key_parts(lock_key(f"{self.prefix}{name}")),
+                ).fetchone()
+                assert row is not None and row[0], "no session held the lock"
         else:
             raise AssertionError(self.kind)
 

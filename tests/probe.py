@@ -46,6 +46,10 @@ def main() -> None:
         if "--ignore-term" in flags:
             record(log, "ignored-term")
             return
+        for flag in flags:
+            if flag.startswith("--slow-stop="):
+                # A child that needs a while to shut down widens any overlap.
+                time.sleep(float(flag.split("=", 1)[1]))
         record(log, "stop")
         sys.exit(0)
 

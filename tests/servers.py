@@ -1,17 +1,19 @@
 """Real servers for the tests, on free ports in temporary directories.
 
-An address in the environment (COORDINATOR_TEST_REDIS_URL) is used instead of
-starting a server, so the same suite runs against compose services. With CI=true a
-missing server program fails the run; elsewhere the tests that need it are skipped
-with a reason naming what is missing.
+Addresses in the environment (COORDINATOR_TEST_REDIS_URL, COORDINATOR_TEST_POSTGRES_URL)
+are used instead of starting servers, so the same suite runs against compose
+services. With CI=true a missing server program fails the run; elsewhere the tests
+that need it are skipped with a reason naming what is missing.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,3 +95,135 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def postgres_bin(program: str) -> str | None:
+    found = shutil.which(program)
+    if found:
+        return found
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{program}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return str(versions[-1]) if versions else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster. It refuses to run as root, so as root it runs
+    as the `postgres` user, in a directory that user owns."""
+
+    USER, PASSWORD, DATABASE = "app", "app-pass-1", "app"
+
+    def __init__(self) -> None:
+        initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
+        if initdb is None or postgres is None:
+            missing("PostgreSQL (initdb, postgres)")
+        assert initdb is not None and postgres is not None
+        self.postgres = postgres
+        self.directory = Path(tempfile.mkdtemp(prefix="coordinator-pg-"))
+        self.data = self.directory / "data"
+        self.run_as: str | None = None
+        if os.geteuid() == 0:
+            self.run_as = "postgres"
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._as_owner(
+            [
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        self.start()
+        self.sql(
+            f"CREATE ROLE {self.USER} LOGIN PASSWORD '{self.PASSWORD}';"
+            f"CREATE DATABASE {self.DATABASE} OWNER {self.USER};"
+        )
+
+    def _as_owner(self, args: list[str]) -> None:
+        subprocess.run(
+            args,
+            check=True,
+            user=self.run_as,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.directory,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def sql(self, statements: str) -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(
+            host=str(self.directory),
+            port=self.port,
+            user="postgres",
+            dbname="postgres",
+            autocommit=True,
+        ) as conn:
+            rows: list[tuple[object, ...]] = []
+            for statement in filter(str.strip, statements.split(";")):
+                cursor = conn.execute(statement)  # type: ignore[call-overload]
+                if cursor.description:
+                    rows = cursor.fetchall()
+            return rows
+
+    def uptime(self) -> float:
+        [(seconds,)] = self.sql("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+        return float(seconds)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.postgres,
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.directory}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            user=self.run_as,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.directory,
+        )
+        wait_for_port(self.port, timeout=30)
+
+    def stop(self, signum: int = signal.SIGINT) -> None:
+        """SIGINT: fast shutdown. SIGQUIT: immediate shutdown, like a crash."""
+        if self.process is not None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def restart(self, immediate: bool = True) -> None:
+        self.stop(signal.SIGQUIT if immediate else signal.SIGINT)
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -72,7 +72,7 @@ def test_sigterm_of_the_holder_hands_over_at_once(cluster: Cluster) -> None:
 
 def test_lock_deleted_out_of_band_stops_the_old_child(cluster: Cluster, store: Store) -> None:
     for _ in range(2):
-        cluster.start()
+        cluster.start(probe_flags=("--slow-stop=0.5",))
     cluster.wait_starts(1, timeout=10)
     old = cluster.starts()[0]
     store.delete_lock(cluster.name)

@@ -67,7 +67,7 @@ def test_restart_without_persistence_never_gives_two_children(
     cluster: Cluster, server: RedisServer
 ) -> None:
     for _ in range(3):
-        cluster.start()
+        cluster.start(probe_flags=("--slow-stop=0.5",))
     cluster.wait_starts(1, timeout=15)
     time.sleep(0.5)
     server.restart()  # every key is gone; the holder does not know yet

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "file": ("coordinator.backends.file", None),
     "redis": ("coordinator.backends.redis", "redis"),
+    "postgres": ("coordinator.backends.postgres", "postgres"),
 }
 
 

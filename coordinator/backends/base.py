@@ -90,6 +90,12 @@ class Backend(abc.ABC):
         """Block until the lock may be free, at most `timeout` seconds."""
         time.sleep(max(0.0, timeout))
 
+    def watch_fd(self) -> int | None:
+        """A socket that turns readable when the server may have dropped our lock
+        (it closed the connection or sent an error). The supervisor renews at once
+        when it does, instead of waiting for the next renewal."""
+        return None
+
     def describe(self, name: str) -> str:
         """Where the lock lives, for logs (never with a password)."""
         return name

@@ -1,0 +1,351 @@
+"""PostgreSQL: session-level advisory locks on dedicated connections.
+
+The lease is `pg_advisory_lock(key)` held by one session (connection A). A second
+session (B) holds a "child running" beacon lock while the child may run, released
+only after the child is reaped. No table, no DDL, no extra privilege.
+
+- Key: the first 8 bytes of SHA-256 of "<prefix><name>", as a signed bigint; the
+  beacon uses "<prefix><name>/running". Logs and `status` show the key, so a DBA can
+  find it in pg_locks (classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+- Renewal polls, on connection A, that pg_locks still grants the lock to A's backend
+  pid and that the pid has not changed. A reconnect is a new session without the lock:
+  the lease is then lost, never silently re-taken.
+- Server-side lease: each session sets idle_session_timeout (PostgreSQL 14+) and TCP
+  keepalive/user timeouts to the ttl, so the server drops a cut-off or frozen holder's
+  session, and its lock, about one ttl after its last poll. The holder fences before.
+- Standbys block in pg_advisory_lock with a lock_timeout: when the holder's session
+  ends (crash, graceful release) the server grants the lock to one of them at once.
+- The lock can vanish while its holder runs (pg_terminate_backend, a server restart).
+  A newcomer that finds the beacon still held, or a server started less than a ttl
+  ago, gets a lease marked state_reset and waits the safety delay.
+- Fencing token: txid_current() taken while holding the lock; transaction ids only
+  grow, across restarts too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+
+from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.config import Config, redact_url
+from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
+
+REJECTED_STATES = {"28P01", "28000", "3D000", "42501", "3F000", "42883"}
+REJECTED_TEXT = re.compile(
+    r"password authentication failed|no pg_hba\.conf entry|does not exist|permission denied"
+    r"|no password supplied|role .* is not permitted to log in"
+)
+
+LOCKED_BY = """
+SELECT l.pid, a.application_name, host(a.client_addr),
+       extract(epoch FROM a.backend_start)::float8
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::int8 = %(hi)s AND l.objid::int8 = %(lo)s
+"""
+
+MINE = f"""
+SELECT pg_backend_pid(),
+       EXISTS (SELECT 1 FROM ({LOCKED_BY}) held WHERE held.pid = pg_backend_pid())
+"""
+
+
+def lock_key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+def key_parts(key: int) -> dict[str, int]:
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+
+
+def redact_conninfo(conninfo: str) -> str:
+    if "://" in conninfo:
+        return redact_url(conninfo)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)
+
+
+def first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:2]) or type(exc).__name__
+
+
+@dataclass
+class Held:
+    token: str
+    key: int
+    beacon: int
+    pid: int
+    fencing: int
+    beacon_held: bool
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+
+    def __init__(self, conninfo: str, ttl: float, timeout: float, prefix: str, node: str) -> None:
+        self.conninfo = conninfo
+        self.where = redact_conninfo(conninfo) or "the server from the PG* variables"
+        self.ttl, self.timeout, self.prefix, self.node = ttl, timeout, prefix, node
+        self._lock_conn: Any = None  # A: contends, then holds the lock
+        self._beacon_conn: Any = None  # B: holds the beacon while a child may run
+        self._held: dict[str, Held] = {}
+        self._granted: set[str] = set()  # locks a blocking wait obtained, not yet leased
+
+    # -- connections ------------------------------------------------------------
+
+    def _connect(self, role: str) -> Any:
+        ttl_ms = int(self.ttl * 1000)
+        try:
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=max(2, math.ceil(self.timeout)),
+                application_name=f"coordinator {role} {self.node}"[:63],
+                keepalives=1,
+                keepalives_idle=max(1, int(self.ttl / 3)),
+                keepalives_interval=1,
+                keepalives_count=3,
+                tcp_user_timeout=ttl_ms,
+            )
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+        try:
+            # The server ends a session that stays idle longer than the ttl: that is
+            # the server side of the lease. Older servers lack the setting.
+            conn.execute(
+                "SELECT set_config('statement_timeout', %(call)s, false),"
+                " set_config('tcp_keepalives_idle', %(idle)s, false),"
+                " set_config('tcp_keepalives_interval', '1', false),"
+                " set_config('tcp_keepalives_count', '3', false),"
+                " set_config('tcp_user_timeout', %(ttl)s, false)",
+                {
+                    "call": str(int(self.timeout * 1000)),
+                    "idle": str(max(1, int(self.ttl / 3))),
+                    "ttl": str(ttl_ms),
+                },
+            )
+            if conn.info.server_version >= 140000:
+                conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (str(ttl_ms),))
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._translate(exc) from exc
+        return conn
+
+    def _lock_connection(self) -> Any:
+        if self._lock_conn is None or self._lock_conn.closed:
+            if self._held or self._granted:
+                raise AssertionError("a held lock cannot move to a new connection")
+            self._lock_conn = self._connect("lock")
+        return self._lock_conn
+
+    def _drop(self, attr: str) -> None:
+        conn = getattr(self, attr)
+        setattr(self, attr, None)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        if attr == "_lock_conn":
+            self._held.clear()
+            self._granted.clear()
+
+    def _translate(self, exc: Exception) -> Exception:
+        text = first_line(exc)
+        state = getattr(exc, "sqlstate", None)
+        if state in REJECTED_STATES or REJECTED_TEXT.search(text):
+            return BackendRejected(f"postgres at {self.where} refused us: {text}")
+        return BackendUnavailable(f"postgres at {self.where}: {text}")
+
+    def _run(self, attr: str, query: str, params: Any = None) -> Any:
+        """One statement; a broken connection is dropped (and its locks with it)."""
+        conn = getattr(self, attr)
+        try:
+            return conn.execute(query, params).fetchone()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._drop(attr)
+            raise self._translate(exc) from exc
+
+    # -- the contract -----------------------------------------------------------
+
+    def keys(self, name: str) -> tuple[int, int]:
+        return lock_key(f"{self.prefix}{name}"), lock_key(f"{self.prefix}{name}/running")
+
+    def describe(self, name: str) -> str:
+        return f"advisory lock {self.keys(name)[0]} ({self.prefix}{name}) on {self.where}"
+
+    def acquire(self, name: str, info: HolderInfo) -> Lease | None:
+        if name in self._held:
+            return None  # not reentrant, unlike the server's advisory locks
+        key, beacon = self.keys(name)
+        sent = time.monotonic()
+        self._lock_connection()
+        if name not in self._granted:
+            won, pid = self._run(
+                "_lock_conn", "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)
+            )
+            if not won:
+                return None
+        else:
+            pid = None
+        try:
+            return self._finish_acquire(name, info, key, beacon, pid, sent)
+        except BaseException:
+            # Never keep a lock the supervisor does not know it holds.
+            self._drop("_lock_conn")
+            raise
+
+    def _finish_acquire(
+        self, name: str, info: HolderInfo, key: int, beacon: int, pid: int | None, sent: float
+    ) -> Lease:
+        self._granted.discard(name)
+        now_pid, fencing, uptime = self._run(
+            "_lock_conn",
+            "SELECT pg_backend_pid(), txid_current(),"
+            " extract(epoch FROM now() - pg_postmaster_start_time())::float8,"
+            " set_config('application_name', 'coordinator ' || txid_current() || ' ' || %s, false)",
+            (info.node_id[:40],),
+        )[:3]
+        if pid is not None and pid != now_pid:
+            raise BackendRejected(
+                f"postgres at {self.where}: consecutive statements ran in different server "
+                "sessions; a pooler in transaction mode (PgBouncer) breaks session advisory "
+                "locks: connect to PostgreSQL directly or use session pooling"
+            )
+        if self._beacon_conn is None or self._beacon_conn.closed:
+            self._beacon_conn = self._connect("beacon")
+        (beacon_free,) = self._run("_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (beacon,))
+        reset = ""
+        if not beacon_free:
+            reset = "the previous holder lost its lock but may not have stopped its child yet"
+        elif uptime < self.ttl:
+            reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
+        token = secrets.token_hex(16)
+        self._held[name] = Held(token, key, beacon, now_pid, int(fencing), bool(beacon_free))
+        return Lease(name, token, int(fencing), sent + self.ttl, state_reset=reset)
+
+    def renew(self, lease: Lease) -> Lease:
+        held = self._held.get(lease.name)
+        if held is None or held.token != lease.token:
+            raise LeaseLost("this lease was released or its connection was lost")
+        sent = time.monotonic()
+        try:
+            pid, mine = self._run("_lock_conn", MINE, key_parts(held.key))
+        except BackendUnavailable as exc:
+            if lease.name not in self._held:  # the connection broke: the session is gone
+                raise LeaseLost(f"the connection holding the lock was lost ({exc})") from exc
+            raise
+        if pid != held.pid:
+            self._drop("_lock_conn")
+            raise LeaseLost("the server session changed, so the lock is gone")
+        if not mine:
+            self._drop("_lock_conn")
+            raise LeaseLost("the server no longer grants the lock to this session")
+        self._renew_beacon(held)
+        return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
+
+    def _renew_beacon(self, held: Held) -> None:
+        """Keep the beacon session alive (it has the same idle timeout), and take the
+        beacon once a previous holder has let it go."""
+        if self._beacon_conn is None or self._beacon_conn.closed:
+            held.beacon_held = False
+            self._beacon_conn = self._connect("beacon")
+        if held.beacon_held:
+            self._run("_beacon_conn", "SELECT 1")
+        else:
+            (held.beacon_held,) = self._run(
+                "_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (held.beacon,)
+            )
+
+    def release(self, lease: Lease) -> None:
+        held = self._held.get(lease.name)
+        if held is None or held.token != lease.token:
+            return
+        # The beacon goes first: a newcomer that finds it held would wait for nothing.
+        if held.beacon_held and self._beacon_conn is not None:
+            self._drop("_beacon_conn")
+        del self._held[lease.name]
+        try:
+            self._run("_lock_conn", "SELECT pg_advisory_unlock(%s)", (held.key,))
+        except BackendUnavailable:
+            self._drop("_lock_conn")  # closing the session releases the lock too
+            raise
+
+    def holder(self, name: str) -> HolderInfo | None:
+        key, _ = self.keys(name)
+        self._lock_connection()
+        row = self._run("_lock_conn", LOCKED_BY, key_parts(key))
+        if row is None:
+            return None
+        pid, app, host, started = row
+        parts = (app or "").split(" ", 2)
+        token = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        node = parts[2] if token is not None else f"backend pid {pid}"
+        return HolderInfo(
+            node_id=node, host=host or "local", pid=pid, since=started or 0.0, fencing_token=token
+        )
+
+    def wait(self, name: str, timeout: float) -> None:
+        """Block in pg_advisory_lock until the lock is ours or `timeout` passes."""
+        if name in self._granted or name in self._held:
+            return
+        key, _ = self.keys(name)
+        conn = self._lock_connection()
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true),"
+                    " set_config('statement_timeout', '0', true)",
+                    (str(max(1, int(timeout * 1000))),),
+                )
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            return
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._drop("_lock_conn")
+            raise self._translate(exc) from exc
+        self._granted.add(name)
+
+    def watch_fd(self) -> int | None:
+        if not self._held or self._lock_conn is None or self._lock_conn.closed:
+            return None
+        try:
+            return int(self._lock_conn.fileno())
+        except psycopg.Error:
+            return None
+
+    def close(self) -> None:
+        self._drop("_beacon_conn")
+        self._drop("_lock_conn")
+
+
+def create(config: Config) -> Backend:
+    conninfo = config.url or os.environ.get("DATABASE_URL") or ""
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"malformed postgres URL {redact_conninfo(conninfo)!r}: {first_line(exc)}"
+        ) from exc
+    if "://" in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"postgres URL must start with postgresql:// or postgres://, "
+            f"got {redact_conninfo(conninfo)!r}"
+        )
+    return PostgresBackend(
+        conninfo, config.ttl, config.call_timeout, config.key_prefix, config.node_id
+    )

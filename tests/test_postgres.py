@@ -1,0 +1,269 @@
+"""PostgreSQL end to end: the real CLI, the flock probe, a real server of our own."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.backends.postgres import key_parts, lock_key
+from tests.cluster import Cluster, alive, wait_until
+from tests.servers import PostgresServer
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+SECRET = "s3cr3t-pa55"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    if os.environ.get("COORDINATOR_TEST_POSTGRES_URL"):
+        pytest.skip("needs a PostgreSQL server of its own to restart")
+    srv = PostgresServer()
+    time.sleep(max(0.0, 11.0 - srv.uptime()))  # older than the ttl used below
+    yield srv
+    srv.destroy()
+
+
+def make_cluster(tmp: Path, server: PostgresServer, name: str = "probe") -> Cluster:
+    return Cluster(tmp, ["--backend", "postgres", "--url", server.url], name=name)
+
+
+@pytest.fixture
+def cluster(server: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+    c = make_cluster(tmp_path, server)
+    yield c
+    c.stop_all()
+    for record in c.starts():
+        assert not alive(record.pid)
+
+
+def holder_backend_pid(server: PostgresServer, name: str) -> int:
+    rows = server.sql(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND classid::int8 = {hi} AND objid::int8 = {lo}".format(
+            **key_parts(lock_key(f"coordinator/{name}"))
+        )
+    )
+    assert len(rows) == 1, rows
+    return int(rows[0][0])  # type: ignore[call-overload]
+
+
+def test_crash_failover_is_fast_whatever_the_ttl(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.start(ttl=10.0, grace=3.0)
+    cluster.wait_starts(1, timeout=15)
+    holder = cluster.holder()
+    holder.kill()
+    killed_at = time.monotonic()
+    cluster.wait_starts(2, timeout=10)
+    took = cluster.starts()[1].at - killed_at
+    # The server drops the dead holder's session at once; a standby blocked in
+    # pg_advisory_lock gets the lock without polling.
+    assert took < 2.0, took
+    cluster.check()
+
+
+def test_graceful_handoff_is_immediate(cluster: Cluster) -> None:
+    for _ in range(2):
+        cluster.start(ttl=10.0, grace=3.0)
+    cluster.wait_starts(1, timeout=15)
+    holder = cluster.holder()
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(timeout=5) == 0
+    stopped = cluster.records("stop")[0].at
+    cluster.wait_starts(2, timeout=5)
+    assert cluster.starts()[1].at - stopped < 0.5
+    cluster.check()
+
+
+def test_terminated_backend_stops_the_old_child_without_overlap(
+    cluster: Cluster, server: PostgresServer
+) -> None:
+    for _ in range(2):
+        cluster.start(ttl=10.0, grace=3.0, probe_flags=("--slow-stop=0.5",))
+    cluster.wait_starts(1, timeout=15)
+    pid = holder_backend_pid(server, cluster.name)
+    server.sql(f"SELECT pg_terminate_backend({pid})")
+    killed_at = time.monotonic()
+    # The holder watches its connection: it notices at once, not at its next poll.
+    wait_until(lambda: cluster.records("stop"), timeout=5)
+    assert cluster.records("stop")[0].at - killed_at < 1.0
+    cluster.wait_starts(2, timeout=25)
+    cluster.check()
+
+
+def test_immediate_restart_gives_no_overlap_and_recovers(
+    cluster: Cluster, server: PostgresServer
+) -> None:
+    for _ in range(3):
+        cluster.start(ttl=3.0, grace=1.0, probe_flags=("--slow-stop=0.5",))
+    cluster.wait_starts(1, timeout=15)
+    time.sleep(0.5)
+    server.restart(immediate=True)
+    wait_until(lambda: cluster.records("stop"), timeout=5)
+    cluster.wait_starts(2, timeout=20)
+    time.sleep(1.0)
+    assert len(cluster.starts()) == 2
+    cluster.check()
+
+
+def test_different_names_never_block_each_other(server: PostgresServer, tmp_path: Path) -> None:
+    a = make_cluster(tmp_path / "a", server, name="alpha")
+    b = make_cluster(tmp_path / "b", server, name="beta")
+    for c in (a, b):
+        c.tmp.mkdir()
+        c.start()
+    try:
+        a.wait_starts(1, timeout=15)
+        b.wait_starts(1, timeout=15)
+    finally:
+        a.stop_all()
+        b.stop_all()
+
+
+def test_logs_show_the_lock_key_for_pg_locks(server: PostgresServer, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "-b",
+            "postgres",
+            "--url",
+            server.url,
+            "--name",
+            "keyed",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"advisory lock {lock_key('coordinator/keyed')}" in result.stderr
+    assert server.PASSWORD not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["DATABASE_URL", "PG*"])
+def test_address_from_the_environment(server: PostgresServer, how: str) -> None:
+    if how == "DATABASE_URL":
+        env = {"DATABASE_URL": server.url}
+    else:
+        env = {
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(server.port),
+            "PGUSER": server.USER,
+            "PGPASSWORD": server.PASSWORD,
+            "PGDATABASE": server.DATABASE,
+        }
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "-b", "postgres", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql://app:{secret}@127.0.0.1:{port}/app", "password authentication failed"),
+        ("postgresql://app:{password}@127.0.0.1:{port}/nodb", "does not exist"),
+        ("postgresql://nobody:{secret}@127.0.0.1:{port}/app", "password authentication failed"),
+    ],
+)
+def test_refused_credentials_are_one_line_and_exit_3(
+    server: PostgresServer, url: str, needle: str
+) -> None:
+    url = url.format(secret=SECRET, password=server.PASSWORD, port=server.port)
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "-b", "postgres", "--url", url, "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 3, out
+    errors = [line for line in out.splitlines() if line.startswith("coordinator: error:")]
+    assert len(errors) == 1 and needle in errors[0], out
+    assert SECRET not in out and server.PASSWORD not in out and "Traceback" not in out
+
+
+def test_server_down_at_start_keeps_standbys_waiting(tmp_path: Path) -> None:
+    srv = PostgresServer()
+    srv.stop()
+    url = srv.url
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "-b",
+            "postgres",
+            "--url",
+            url,
+            "--ttl",
+            "3",
+            "--grace",
+            "1",
+            "--safety-delay",
+            "0",
+            "--",
+            sys.executable,
+            "-c",
+            "print('ran')",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None
+        srv.start()
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "cannot reach the backend, will keep trying" in out
+        assert "ran" in out
+        assert srv.PASSWORD not in out
+        assert re.search(r"postgresql://app:\*\*\*@127\.0\.0\.1", out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        srv.destroy()
+
+
+def test_malformed_url_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "-b",
+            "postgres",
+            "--url",
+            f"host=x password={SECRET} port=notanumber =",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert SECRET not in out and "Traceback" not in out
