@@ -62,7 +62,7 @@ def run(
             metavar="NAME",
             envvar="COORDINATOR_BACKEND",
             show_envvar=True,
-            help="Where the lock lives: file (this host only, no server), redis, postgres.",
+            help="Where the lock lives: file (this host only, no server), redis, postgres, consul.",
         ),
     ] = "file",
     url: Annotated[
@@ -72,8 +72,8 @@ def run(
             envvar="COORDINATOR_URL",
             show_envvar=True,
             help="Backend address. Defaults to the ecosystem's own variables (REDIS_URL; "
-            "DATABASE_URL, then libpq's PG* variables) and for file to a per-user runtime "
-            "directory.",
+            "DATABASE_URL, then libpq's PG* variables; CONSUL_HTTP_ADDR) and for file to a "
+            "per-user runtime directory.",
         ),
     ] = None,
     name: Annotated[
@@ -148,6 +148,15 @@ def run(
             help="Prefix of the keys this program writes in the backend.",
         ),
     ] = "coordinator/",
+    consul_node_check: Annotated[
+        bool,
+        typer.Option(
+            envvar="COORDINATOR_CONSUL_NODE_CHECK",
+            show_envvar=True,
+            help="consul: tie the session to the agent's serfHealth check too. Off by "
+            "default, so a gossip false positive cannot drop the lock.",
+        ),
+    ] = False,
     log_level: Annotated[
         str,
         typer.Option(
@@ -181,6 +190,7 @@ def run(
         safety_delay=safety_delay,
         key_prefix=key_prefix,
         log_level=log_level,
+        consul_node_check=consul_node_check,
         **kwargs,  # type: ignore[arg-type]
     )
     return Supervisor(config, create_backend(config)).run()

@@ -70,6 +70,7 @@ class Config:
     safety_delay: float | None = None
     key_prefix: str = "coordinator/"
     log_level: str = "info"
+    consul_node_check: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -12,9 +12,9 @@ import pytest
 from coordinator.backends import create_backend
 from coordinator.backends.base import Backend
 from coordinator.config import Config
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import ConsulServer, PostgresServer, RedisServer
 
-BACKENDS = ["file", "redis", "postgres"]
+BACKENDS = ["file", "redis", "postgres", "consul"]
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +42,31 @@ def postgres_url() -> Iterator[str]:
     server.destroy()
 
 
+@pytest.fixture(scope="session")
+def consul_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("COORDINATOR_TEST_CONSUL_URL")
+    if url:
+        yield url
+        return
+    server = ConsulServer(tmp_path_factory.mktemp("consul"))
+    yield server.url
+    server.stop()
+
+
 class Store:
     """One backend kind as the tests see it: its URL, and out-of-band access."""
 
     def __init__(self, kind: str, url: str, prefix: str) -> None:
         self.kind, self.url, self.prefix = kind, url, prefix
 
+    @property
+    def ttl(self) -> float:
+        """The shortest ttl the backend accepts, or a short one for quick tests."""
+        return 10.0 if self.kind == "consul" else 3.0
+
     def config(self, name: str = "x", **kwargs: Any) -> Config:
-        kwargs.setdefault("ttl", 3.0)
-        kwargs.setdefault("grace", 1.0)
+        kwargs.setdefault("ttl", self.ttl)
+        kwargs.setdefault("grace", self.ttl / 3)
         return Config(
             command=("true",),
             backend=self.kind,
@@ -89,6 +105,13 @@ class Store:
                     key_parts(lock_key(f"{self.prefix}{name}")),
                 ).fetchone()
                 assert row is not None and row[0], "no session held the lock"
+        elif self.kind == "consul":
+            import consul
+
+            client = consul.Consul(host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]))
+            _, entry = client.kv.get(f"{self.prefix}{name}")
+            assert entry is not None and entry.get("Session"), "no session held the lock"
+            client.session.destroy(entry["Session"])
         else:
             raise AssertionError(self.kind)
 

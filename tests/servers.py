@@ -227,3 +227,90 @@ class PostgresServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def consul_binary() -> str | None:
+    """`consul` on PATH, else the one scripts/build-consul builds and caches."""
+    found = shutil.which("consul")
+    if found:
+        return found
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-consul"
+    result = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True)
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    return path if result.returncode == 0 and os.access(path, os.X_OK) else None
+
+
+class ConsulServer:
+    """`consul agent -dev` on free ports. A dev agent keeps its data in memory, so a
+    restart loses every key and session."""
+
+    def __init__(self, directory: Path, acl_token: str | None = None) -> None:
+        binary = consul_binary()
+        if binary is None:
+            missing("consul (built by scripts/build-consul from its Go module)")
+        assert binary is not None
+        self.binary, self.directory, self.acl_token = binary, directory, acl_token
+        self.port = free_port()
+        self.ports = {name: free_port() for name in ("serf_lan", "serf_wan", "server")}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        hcl = (
+            f"ports {{ http = {self.port} dns = -1 grpc = -1 grpc_tls = -1 "
+            f"serf_lan = {self.ports['serf_lan']} serf_wan = {self.ports['serf_wan']} "
+            f"server = {self.ports['server']} }}"
+        )
+        if self.acl_token:
+            hcl += (
+                ' acl { enabled = true default_policy = "deny" '
+                f'tokens {{ initial_management = "{self.acl_token}" }} }}'
+            )
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "agent",
+                "-dev",
+                "-bind",
+                "127.0.0.1",
+                "-client",
+                "127.0.0.1",
+                "-hcl",
+                hcl,
+                "-log-level",
+                "warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.directory,
+        )
+        wait_for_port(self.port, timeout=30)
+        self.wait_for_leader()
+
+    def wait_for_leader(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/status/leader", timeout=1) as r:
+                    if r.read().strip(b'"\n'):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("consul elected no leader")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

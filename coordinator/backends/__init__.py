@@ -17,6 +17,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "file": ("coordinator.backends.file", None),
     "redis": ("coordinator.backends.redis", "redis"),
     "postgres": ("coordinator.backends.postgres", "postgres"),
+    "consul": ("coordinator.backends.consul", "consul"),
 }
 
 
