@@ -44,8 +44,11 @@ def alive(pid: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, backend_args: list[str], name: str = "probe") -> None:
+    def __init__(
+        self, tmp: Path, backend_args: list[str], name: str = "probe", ttl: float = 3.0
+    ) -> None:
         self.tmp = tmp
+        self.ttl = ttl
         self.backend_args = backend_args
         self.name = name
         self.log = tmp / "probe.log"
@@ -55,11 +58,13 @@ class Cluster:
     def command(
         self,
         *extra: str,
-        ttl: float = 3.0,
-        grace: float = 1.0,
+        ttl: float | None = None,
+        grace: float | None = None,
         probe_flags: tuple[str, ...] = (),
         child: list[str] | None = None,
     ) -> list[str]:
+        ttl = self.ttl if ttl is None else ttl
+        grace = ttl / 3 if grace is None else grace
         argv = child or [sys.executable, PROBE, str(self.lock), str(self.log), *probe_flags]
         return [
             sys.executable,

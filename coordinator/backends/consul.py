@@ -139,8 +139,12 @@ class ConsulBackend(Backend):
             result = self._call(self.client.txn.put, [{"KV": check}, {"KV": lock}])
         except BackendUnavailable as exc:
             self._destroy(session)
-            if isinstance(exc.__cause__, consul.exceptions.ClientError) and "409" in str(exc.__cause__):
-                return None  # rolled back: the key changed, or is inside its lock-delay
+            if isinstance(exc.__cause__, consul.exceptions.ClientError) and "409" in str(
+                exc.__cause__
+            ):
+                # Rolled back: the key changed, or it is free but inside its lock-delay.
+                self._free_seen[name] = True
+                return None
             raise
         lock_index = int(result["Results"][-1]["KV"]["LockIndex"])
         # A missing key means first use of the name, or Consul lost its data.
@@ -180,15 +184,14 @@ class ConsulBackend(Backend):
     def wait(self, name: str, timeout: float) -> None:
         """A blocking query on the key: returns when it changes or `timeout` passes."""
         last = self._index.get(name, 0)
-        if last <= 0 or timeout < 1:
+        if self._free_seen.pop(name, False) or last <= 0 or timeout < 1:
+            # A free key we could not lock is inside its lock-delay; nothing will
+            # change on it to end a blocking query, so look again shortly.
             time.sleep(min(timeout, FREE_POLL))
             return
-        index, entry = self._read(name, index=last, wait=f"{max(1, int(timeout))}s")
+        index, _ = self._read(name, index=last, wait=f"{max(1, int(timeout))}s")
         # Consul: an index that goes backwards is a reset; start over from 0.
         self._index[name] = index if index >= last else 0
-        if entry is not None and not entry.get("Session"):
-            # Free but not lockable: still inside the lock-delay. Look again shortly.
-            time.sleep(min(timeout, FREE_POLL))
 
     def close(self) -> None:
         self.client.http.session.close()
