@@ -244,13 +244,15 @@ class ConsulServer:
     """`consul agent -dev` on free ports. A dev agent keeps its data in memory, so a
     restart loses every key and session."""
 
-    def __init__(self, directory: Path, acl_token: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, acl_token: str | None = None, port: int | None = None
+    ) -> None:
         binary = consul_binary()
         if binary is None:
             missing("consul (built by scripts/build-consul from its Go module)")
         assert binary is not None
         self.binary, self.directory, self.acl_token = binary, directory, acl_token
-        self.port = free_port()
+        self.port = port or free_port()
         self.ports = {name: free_port() for name in ("serf_lan", "serf_wan", "server")}
         self.process: subprocess.Popen[bytes] | None = None
         self.start()

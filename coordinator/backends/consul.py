@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import math
 import os
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import consul
+import consul.callback
 import consul.exceptions
 import requests
 
@@ -136,12 +138,16 @@ class ConsulBackend(Backend):
         )
         lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": seed, "Session": session}
         try:
-            result = self._call(self.client.txn.put, [{"KV": check}, {"KV": lock}])
+            result = self._call(self._txn, [{"KV": check}, {"KV": lock}])
         except BackendUnavailable as exc:
             self._destroy(session)
-            if isinstance(exc.__cause__, consul.exceptions.ClientError) and "409" in str(
-                exc.__cause__
-            ):
+            cause = str(exc.__cause__)
+            if "Permission denied" in cause:
+                raise BackendUnavailable(
+                    f"consul at {self.where} refused the ACL token (missing, wrong, or without "
+                    f"key write on {key})"
+                ) from exc
+            if isinstance(exc.__cause__, consul.exceptions.ClientError) and "409" in cause:
                 # Rolled back: the key changed, or it is free but inside its lock-delay.
                 self._free_seen[name] = True
                 return None
@@ -150,6 +156,13 @@ class ConsulBackend(Backend):
         # A missing key means first use of the name, or Consul lost its data.
         reset = "" if entry is not None else "consul had no record of this lock key"
         return Lease(name, session, seed + lock_index, sent + self.ttl, state_reset=reset)
+
+    def _txn(self, operations: list[dict[str, Any]]) -> Any:
+        # The client's own txn call sends no ACL token; send it here.
+        headers = {"X-Consul-Token": self.client.token} if self.client.token else {}
+        return self.client.http.put(
+            consul.callback.CB.json(), "/v1/txn", data=json.dumps(operations), headers=headers
+        )
 
     def _destroy(self, session: str) -> None:
         # On failure the session expires by itself within its TTL.
