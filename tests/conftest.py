@@ -106,9 +106,12 @@ class Store:
                 ).fetchone()
                 assert row is not None and row[0], "no session held the lock"
         elif self.kind == "consul":
+            from urllib.parse import urlsplit
+
             import consul
 
-            client = consul.Consul(host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]))
+            parts = urlsplit(self.url)
+            client = consul.Consul(host=parts.hostname, port=parts.port or 8500)
             _, entry = client.kv.get(f"{self.prefix}{name}")
             assert entry is not None and entry.get("Session"), "no session held the lock"
             client.session.destroy(entry["Session"])
