@@ -46,10 +46,12 @@ def test_kill_9_of_the_holder_fails_over_within_ttl(cluster: Cluster, store: Sto
     holder.wait()
     # The parent-death signal takes the child down with its supervisor.
     wait_until(lambda: not alive(old_child.pid), timeout=2)
-    # Consul keeps a session up to twice its TTL, then applies the lock-delay.
-    bound = 3 * store.ttl + 1 if store.kind == "consul" else store.ttl + 1
+    # Consul invalidates a session up to twice its TTL late, then applies the lock-delay
+    # (here the ttl): about 3 x ttl.
+    bound = 3 * store.ttl + 5 if store.kind == "consul" else store.ttl + 1
     cluster.wait_starts(2, timeout=bound)
     took = cluster.starts()[1].at - killed_at
+    print(f"{store.kind}: failover after kill -9 took {took:.2f}s (ttl {store.ttl:g}s)")
     assert took < bound, took
     cluster.check()
 
@@ -64,6 +66,7 @@ def test_sigterm_of_the_holder_hands_over_at_once(cluster: Cluster) -> None:
     assert holder.wait(timeout=5) == 0  # the probe exits 0 on SIGTERM
     cluster.wait_starts(2, timeout=5)
     took = cluster.starts()[1].at - signalled
+    print(f"handoff after SIGTERM took {took:.3f}s")
     assert took < 1.0, took
     stops = cluster.records("stop")
     assert stops and stops[0].at <= cluster.starts()[1].at
