@@ -30,16 +30,22 @@ class HolderInfo:
     fencing_token: int | None = None
     ttl_left: float | None = None  # seconds, as the backend reported it
 
+    def as_dict(self) -> dict[str, Any]:
+        """What is stored beside the lock (the fencing token and ttl are the backend's)."""
+        return {"node_id": self.node_id, "host": self.host, "pid": self.pid, "since": self.since}
+
     def to_json(self) -> str:
-        return json.dumps(
-            {"node_id": self.node_id, "host": self.host, "pid": self.pid, "since": self.since},
-            separators=(",", ":"),
-        )
+        return json.dumps(self.as_dict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes, **extra: Any) -> HolderInfo:
+        return cls.from_dict(json_object(text), **extra)
+
+    @classmethod
+    def from_dict(cls, data: object, **extra: Any) -> HolderInfo:
+        if not isinstance(data, dict):
+            data = {}
         try:
-            data = json.loads(text)
             return cls(
                 node_id=str(data["node_id"]),
                 host=str(data.get("host", "")),
@@ -50,6 +56,15 @@ class HolderInfo:
         except (ValueError, KeyError, TypeError):
             # A value written by something else: still held, just not described.
             return cls(node_id="unknown", host="", pid=0, since=0.0, **extra)
+
+
+def json_object(text: str | bytes) -> dict[str, Any]:
+    """The JSON object in `text`, or {} for anything else."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)

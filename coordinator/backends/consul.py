@@ -41,6 +41,10 @@ MIN_TTL = 10.0  # Consul refuses session TTLs below 10 s
 FREE_POLL = 0.5  # a free key that cannot be locked is inside its lock-delay
 
 
+class Conflict(BackendUnavailable):
+    """A transaction was rolled back (HTTP 409): a definite no, not an outage."""
+
+
 class ConsulBackend(Backend):
     name = "consul"
 
@@ -84,7 +88,7 @@ class ConsulBackend(Backend):
         self.ttl, self.prefix, self.node = ttl, prefix, node
         self.lock_delay, self.node_check = lock_delay, node_check
         self._index: dict[str, int] = {}  # blocking-query index per key
-        self._free_seen: dict[str, bool] = {}
+        self._free_seen: set[str] = set()  # free keys we failed to lock (lock-delay)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -95,12 +99,18 @@ class ConsulBackend(Backend):
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except consul.ACLPermissionDenied as exc:
-            # Standbys keep waiting: an operator can fix a policy without a restart.
-            raise BackendUnavailable(
-                f"consul at {self.where} refused the ACL token (missing, wrong, or without "
-                f"key and session write on {self.prefix}): {str(exc).strip()[:200]}"
-            ) from exc
+        except (consul.ACLPermissionDenied, consul.exceptions.ClientError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            # A transaction reports a denied ACL as a 409 with "Permission denied".
+            if isinstance(exc, consul.ACLPermissionDenied) or "Permission denied" in text:
+                # Standbys keep waiting: an operator can fix a policy without a restart.
+                raise BackendUnavailable(
+                    f"consul at {self.where} refused the ACL token (missing, wrong, or "
+                    f"without key and session write on {self.prefix}): {text}"
+                ) from exc
+            if text.startswith("409"):
+                raise Conflict(f"consul at {self.where}: {text}") from exc
+            raise BackendUnavailable(f"consul at {self.where}: {text}") from exc
         except requests.exceptions.SSLError as exc:
             raise BackendUnavailable(f"consul at {self.where}: TLS error: {exc}") from exc
         except (consul.ConsulException, requests.RequestException, ValueError) as exc:
@@ -139,18 +149,13 @@ class ConsulBackend(Backend):
         lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": seed, "Session": session}
         try:
             result = self._call(self._txn, [{"KV": check}, {"KV": lock}])
-        except BackendUnavailable as exc:
+        except Conflict:
+            # Rolled back: the key changed, or it is free but inside its lock-delay.
             self._destroy(session)
-            cause = str(exc.__cause__)
-            if "Permission denied" in cause:
-                raise BackendUnavailable(
-                    f"consul at {self.where} refused the ACL token (missing, wrong, or without "
-                    f"key write on {key})"
-                ) from exc
-            if isinstance(exc.__cause__, consul.exceptions.ClientError) and "409" in cause:
-                # Rolled back: the key changed, or it is free but inside its lock-delay.
-                self._free_seen[name] = True
-                return None
+            self._free_seen.add(name)
+            return None
+        except BackendUnavailable:
+            self._destroy(session)
             raise
         lock_index = int(result["Results"][-1]["KV"]["LockIndex"])
         # A missing key means first use of the name, or Consul lost its data.
@@ -197,7 +202,8 @@ class ConsulBackend(Backend):
     def wait(self, name: str, timeout: float) -> None:
         """A blocking query on the key: returns when it changes or `timeout` passes."""
         last = self._index.get(name, 0)
-        if self._free_seen.pop(name, False) or last <= 0 or timeout < 1:
+        if name in self._free_seen or last <= 0 or timeout < 1:
+            self._free_seen.discard(name)
             # A free key we could not lock is inside its lock-delay; nothing will
             # change on it to end a blocking query, so look again shortly.
             time.sleep(min(timeout, FREE_POLL))

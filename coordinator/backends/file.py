@@ -19,7 +19,7 @@ import stat
 import time
 from pathlib import Path
 
-from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.backends.base import Backend, HolderInfo, Lease, json_object
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
 
@@ -112,7 +112,7 @@ class FileBackend(Backend):
                 os.close(fd)  # unlinked between open and flock: look again next time
                 return None
             fencing = self._next_fencing_token(fence_path)
-            record = json.loads(info.to_json()) | {"fencing_token": fencing}
+            record = info.as_dict() | {"fencing_token": fencing}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(record).encode(), 0)
         except OSError as exc:
@@ -185,11 +185,8 @@ class FileBackend(Backend):
         text = self._peek(name)
         if text is None:
             return None
-        try:
-            token = json.loads(text).get("fencing_token")
-        except (ValueError, AttributeError):
-            token = None
-        return HolderInfo.from_json(text or b"{}", fencing_token=token)
+        data = json_object(text)
+        return HolderInfo.from_dict(data, fencing_token=data.get("fencing_token"))
 
     def wait(self, name: str, timeout: float) -> None:
         end = time.monotonic() + timeout

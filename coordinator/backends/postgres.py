@@ -89,7 +89,6 @@ class Held:
     key: int
     beacon: int
     pid: int
-    fencing: int
     beacon_held: bool
 
 
@@ -109,6 +108,7 @@ class PostgresBackend(Backend):
 
     def _connect(self, role: str) -> Any:
         ttl_ms = int(self.ttl * 1000)
+        keepalive_idle = max(1, int(self.ttl / 3))
         try:
             conn = psycopg.connect(
                 self.conninfo,
@@ -116,7 +116,7 @@ class PostgresBackend(Backend):
                 connect_timeout=max(2, math.ceil(self.timeout)),
                 application_name=f"coordinator {role} {self.node}"[:63],
                 keepalives=1,
-                keepalives_idle=max(1, int(self.ttl / 3)),
+                keepalives_idle=keepalive_idle,
                 keepalives_interval=1,
                 keepalives_count=3,
                 tcp_user_timeout=ttl_ms,
@@ -134,7 +134,7 @@ class PostgresBackend(Backend):
                 " set_config('tcp_user_timeout', %(ttl)s, false)",
                 {
                     "call": str(int(self.timeout * 1000)),
-                    "idle": str(max(1, int(self.ttl / 3))),
+                    "idle": str(keepalive_idle),
                     "ttl": str(ttl_ms),
                 },
             )
@@ -151,6 +151,13 @@ class PostgresBackend(Backend):
                 raise AssertionError("a held lock cannot move to a new connection")
             self._lock_conn = self._connect("lock")
         return self._lock_conn
+
+    def _beacon_connection(self) -> bool:
+        """Open the beacon session if needed; True when it is a new one."""
+        if self._beacon_conn is None or self._beacon_conn.closed:
+            self._beacon_conn = self._connect("beacon")
+            return True
+        return False
 
     def _drop(self, attr: str) -> None:
         conn = getattr(self, attr)
@@ -225,8 +232,7 @@ class PostgresBackend(Backend):
                 "sessions; a pooler in transaction mode (PgBouncer) breaks session advisory "
                 "locks: connect to PostgreSQL directly or use session pooling"
             )
-        if self._beacon_conn is None or self._beacon_conn.closed:
-            self._beacon_conn = self._connect("beacon")
+        self._beacon_connection()
         (beacon_free,) = self._run("_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (beacon,))
         reset = ""
         if not beacon_free:
@@ -234,7 +240,7 @@ class PostgresBackend(Backend):
         elif uptime < self.ttl:
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         token = secrets.token_hex(16)
-        self._held[name] = Held(token, key, beacon, now_pid, int(fencing), bool(beacon_free))
+        self._held[name] = Held(token, key, beacon, now_pid, bool(beacon_free))
         return Lease(name, token, int(fencing), sent + self.ttl, state_reset=reset)
 
     def renew(self, lease: Lease) -> Lease:
@@ -260,9 +266,8 @@ class PostgresBackend(Backend):
     def _renew_beacon(self, held: Held) -> None:
         """Keep the beacon session alive (it has the same idle timeout), and take the
         beacon once a previous holder has let it go."""
-        if self._beacon_conn is None or self._beacon_conn.closed:
-            held.beacon_held = False
-            self._beacon_conn = self._connect("beacon")
+        if self._beacon_connection():
+            held.beacon_held = False  # a new session holds nothing
         if held.beacon_held:
             self._run("_beacon_conn", "SELECT 1")
         else:

@@ -18,7 +18,6 @@ milliseconds, so fencing tokens keep increasing across a loss of all data.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import time
@@ -28,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.backends.base import Backend, HolderInfo, Lease, json_object
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 
@@ -124,6 +123,7 @@ class RedisBackend(Backend):
     def __init__(self, url: str, ttl: float, timeout: float, prefix: str) -> None:
         self.where = redact_url(url)
         self.ttl = ttl
+        self.ttl_ms = int(ttl * 1000)
         self.prefix = prefix
         try:
             self.client = redis.Redis.from_url(
@@ -155,11 +155,11 @@ class RedisBackend(Backend):
             raise translate(exc, self.where) from exc
 
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
-        key, fence, _ = self._keys(name)
+        key, state, _ = self._keys(name)
         token = secrets.token_hex(16)
         sent = time.monotonic()
         won, value, reset = self._call(
-            self._acquire, keys=[key, fence], args=[token, int(self.ttl * 1000), info.to_json()]
+            self._acquire, keys=[key, state], args=[token, self.ttl_ms, info.to_json()]
         )
         if not won:
             pttl = int(value)
@@ -173,8 +173,7 @@ class RedisBackend(Backend):
     def renew(self, lease: Lease) -> Lease:
         key, state, _ = self._keys(lease.name)
         sent = time.monotonic()
-        ttl_ms = int(self.ttl * 1000)
-        if not self._call(self._renew, keys=[key, state], args=[lease.token, ttl_ms]):
+        if not self._call(self._renew, keys=[key, state], args=[lease.token, self.ttl_ms]):
             raise LeaseLost(f"{key} is gone or held by someone else")
         return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
 
@@ -190,14 +189,11 @@ class RedisBackend(Backend):
         value, pttl = self._call(pipe.execute)
         if value is None:
             return None
-        try:
-            data = json.loads(value)
-            holder = json.dumps(data.get("holder", {}))
-            token = int(data["fencing_token"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            holder, token = "{}", None
-        return HolderInfo.from_json(
-            holder, fencing_token=token, ttl_left=pttl / 1000 if pttl >= 0 else None
+        data = json_object(value)
+        return HolderInfo.from_dict(
+            data.get("holder"),
+            fencing_token=data.get("fencing_token"),
+            ttl_left=pttl / 1000 if pttl >= 0 else None,
         )
 
     def wait(self, name: str, timeout: float) -> None:
