@@ -24,6 +24,42 @@ class Record:
     at: float
 
 
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the CLI under test: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": ROOT, **(extra or {})}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `coordinator ARGS` to the end, capturing stdout and stderr apart."""
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+    )
+
+
+def spawn_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `coordinator ARGS` in the background, stdout and stderr merged."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordinator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(env),
+    )
+
+
+def stop_cli(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM a spawned CLI and return everything it printed."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    return out
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.02) -> float:
     """Poll until predicate() is true; returns the seconds it took. Fails on timeout."""
     start = time.monotonic()
@@ -83,10 +119,9 @@ class Cluster:
         ]
 
     def start(self, *extra: str, **kwargs: object) -> subprocess.Popen[str]:
-        env = dict(os.environ, PYTHONPATH=ROOT)
         proc = subprocess.Popen(
             self.command(*extra, **kwargs),  # type: ignore[arg-type]
-            env=env,
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -12,45 +12,47 @@ import pytest
 from coordinator.backends import create_backend
 from coordinator.backends.base import Backend
 from coordinator.config import Config
-from tests.servers import ConsulServer, PostgresServer, RedisServer
+from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess
 
 BACKENDS = ["file", "redis", "postgres", "consul"]
 
 
+def server_url(variable: str, start: Callable[[], ServerProcess]) -> Iterator[str]:
+    """The address in `variable`, else a server of our own for the whole session."""
+    url = os.environ.get(variable)
+    if url:
+        yield url
+        return
+    server = start()
+    yield server.url
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("COORDINATOR_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server.url
-    server.stop()
+    yield from server_url(
+        "COORDINATOR_TEST_REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis"))
+    )
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    url = os.environ.get("COORDINATOR_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
+def settled_postgres() -> PostgresServer:
     server = PostgresServer()
     # A server younger than a ttl makes every acquisition wait the safety delay
     # (locks do not survive a restart); the tests use a ttl of a few seconds.
     time.sleep(max(0.0, 4.0 - server.uptime()))
-    yield server.url
-    server.destroy()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    yield from server_url("COORDINATOR_TEST_POSTGRES_URL", settled_postgres)
 
 
 @pytest.fixture(scope="session")
 def consul_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("COORDINATOR_TEST_CONSUL_URL")
-    if url:
-        yield url
-        return
-    server = ConsulServer(tmp_path_factory.mktemp("consul"))
-    yield server.url
-    server.stop()
+    yield from server_url(
+        "COORDINATOR_TEST_CONSUL_URL", lambda: ConsulServer(tmp_path_factory.mktemp("consul"))
+    )
 
 
 class Store:

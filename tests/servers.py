@@ -48,7 +48,40 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-class RedisServer:
+class ServerProcess:
+    """A server the tests started; subclasses say how to start it and where it is."""
+
+    #: How stop() asks the server to go; SIGKILL is a crash.
+    stop_signal: int = signal.SIGKILL
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, signum: int | None = None) -> None:
+        if self.process is not None:
+            self.process.send_signal(self.stop_signal if signum is None else signum)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop for good, at the end of the tests."""
+        self.stop()
+
+
+class RedisServer(ServerProcess):
     """A redis-server without persistence, so a restart loses every key."""
 
     def __init__(self, directory: Path, password: str | None = None) -> None:
@@ -86,16 +119,6 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
 
 def postgres_bin(program: str) -> str | None:
     found = shutil.which(program)
@@ -108,11 +131,13 @@ def postgres_bin(program: str) -> str | None:
     return str(versions[-1]) if versions else None
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """A throwaway PostgreSQL cluster. It refuses to run as root, so as root it runs
     as the `postgres` user, in a directory that user owns."""
 
     USER, PASSWORD, DATABASE = "app", "app-pass-1", "app"
+    # SIGINT: fast shutdown. restart() uses SIGQUIT: immediate shutdown, like a crash.
+    stop_signal = signal.SIGINT
 
     def __init__(self) -> None:
         initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
@@ -209,22 +234,11 @@ class PostgresServer:
         )
         wait_for_port(self.port, timeout=30)
 
-    def stop(self, signum: int = signal.SIGINT) -> None:
-        """SIGINT: fast shutdown. SIGQUIT: immediate shutdown, like a crash."""
-        if self.process is not None:
-            self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
     def restart(self, immediate: bool = True) -> None:
         self.stop(signal.SIGQUIT if immediate else signal.SIGINT)
         self.start()
 
-    def destroy(self) -> None:
+    def close(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -240,7 +254,7 @@ def consul_binary() -> str | None:
     return path if result.returncode == 0 and os.access(path, os.X_OK) else None
 
 
-class ConsulServer:
+class ConsulServer(ServerProcess):
     """`consul agent -dev` on free ports. A dev agent keeps its data in memory, so a
     restart loses every key and session."""
 
@@ -306,13 +320,3 @@ class ConsulServer:
                 pass
             time.sleep(0.1)
         raise RuntimeError("consul elected no leader")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()

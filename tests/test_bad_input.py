@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import wait_until
+from tests.cluster import ROOT, run_cli, spawn_cli, stop_cli, wait_until
 from tests.servers import RedisServer, free_port
 
 SECRET = "s3cr3t-pa55"
-ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def run(*args: str, timeout: float = 20, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "coordinator", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
-    )
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = run_cli(*args, env=env, timeout=20)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -67,17 +58,10 @@ def test_bad_input_gives_one_line_and_an_exit_code(
 
 def test_unreachable_server_at_start_keeps_the_standby_waiting() -> None:
     url = f"redis://user:{SECRET}@127.0.0.1:{free_port()}/0"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "-b", "redis", "--url", url, "--", "true"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
+    proc = spawn_cli("-b", "redis", "--url", url, "--", "true")
     time.sleep(2.0)
     assert proc.poll() is None, "a standby must not exit because the backend is down"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
+    out = stop_cli(proc)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "cannot reach the backend, will keep trying" in out
     assert "user:***@127.0.0.1" in out
@@ -88,30 +72,21 @@ def test_standby_acquires_once_the_server_comes_back(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.stop()
     done = tmp_path / "ran"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "-b",
-            "redis",
-            "--url",
-            server.url,
-            "--ttl",
-            "3",
-            "--grace",
-            "1",
-            "--safety-delay",
-            "0",
-            "--",
-            sys.executable,
-            "-c",
-            f"open({str(done)!r}, 'w').write('x')",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+    proc = spawn_cli(
+        "-b",
+        "redis",
+        "--url",
+        server.url,
+        "--ttl",
+        "3",
+        "--grace",
+        "1",
+        "--safety-delay",
+        "0",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(done)!r}, 'w').write('x')",
     )
     try:
         time.sleep(1.5)
@@ -170,12 +145,7 @@ def test_missing_client_library_names_the_extra(tmp_path: Path) -> None:
 
 def test_wait_timeout_exits_4(tmp_path: Path) -> None:
     env = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "--name", "wt", "--", "sleep", "30"],
-        env=dict(os.environ, PYTHONPATH=ROOT, **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = spawn_cli("--name", "wt", "--", "sleep", "30", env=env)
     try:
         wait_until(lambda: (tmp_path / "coordinator" / "wt.lock").exists(), timeout=10)
         time.sleep(0.3)

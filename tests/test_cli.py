@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
+from tests.cluster import run_cli
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
-    )
+    return run_cli(*args, env=env, timeout=20)
 
 
 def test_help_shows_every_option_with_its_env_var() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,22 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, alive, wait_until
+from tests.cluster import Cluster, alive, spawn_cli, stop_cli, wait_until
 from tests.servers import ConsulServer, free_port
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 TTL = 10.0
 SECRET = "5ecret-acl-token"
 
 
 def coordinator(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "-b", "consul", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
-    )
+    return spawn_cli("-b", "consul", *args, env=env)
 
 
 @pytest.fixture
@@ -71,8 +63,7 @@ def test_missing_or_wrong_acl_token_keeps_standbys_waiting(tmp_path: Path) -> No
             proc = coordinator("--url", server.url, "--ttl", "10", "--", "true", env=env)
             time.sleep(2.5)
             assert proc.poll() is None, "a standby must keep waiting"
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=10)
+            out = stop_cli(proc)
             assert "refused the ACL token" in out, out
             assert SECRET not in out and "Traceback" not in out
         # With the right token it runs.
@@ -98,8 +89,7 @@ def test_token_in_the_address_is_never_shown(tmp_path: Path) -> None:
     proc = coordinator("--url", url, "--ttl", "10", "--", "true")
     time.sleep(2.0)
     assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
+    out = stop_cli(proc)
     assert "cannot reach the backend, will keep trying" in out
     assert SECRET not in out and "Traceback" not in out
 
@@ -152,7 +142,6 @@ def test_tls_error_is_one_line_and_keeps_waiting(agent: ConsulServer) -> None:
     )
     time.sleep(2.0)
     assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
+    out = stop_cli(proc)
     assert "TLS error" in out or "SSL" in out, out
     assert "Traceback" not in out

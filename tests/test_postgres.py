@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from coordinator.backends.postgres import key_parts, lock_key
-from tests.cluster import Cluster, alive, wait_until
+from tests.cluster import Cluster, alive, run_cli, spawn_cli, wait_until
 from tests.servers import PostgresServer
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 SECRET = "s3cr3t-pa55"
 
 
@@ -28,7 +26,7 @@ def server() -> Iterator[PostgresServer]:
     srv = PostgresServer()
     time.sleep(max(0.0, 11.0 - srv.uptime()))  # older than the ttl used below
     yield srv
-    srv.destroy()
+    srv.close()
 
 
 def make_cluster(tmp: Path, server: PostgresServer, name: str = "probe") -> Cluster:
@@ -129,25 +127,7 @@ def test_different_names_never_block_each_other(server: PostgresServer, tmp_path
 
 
 def test_logs_show_the_lock_key_for_pg_locks(server: PostgresServer, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "-b",
-            "postgres",
-            "--url",
-            server.url,
-            "--name",
-            "keyed",
-            "--",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
+    result = run_cli("-b", "postgres", "--url", server.url, "--name", "keyed", "--", "true")
     assert result.returncode == 0, result.stderr
     assert f"advisory lock {lock_key('coordinator/keyed')}" in result.stderr
     assert server.PASSWORD not in result.stderr
@@ -165,13 +145,7 @@ def test_address_from_the_environment(server: PostgresServer, how: str) -> None:
             "PGPASSWORD": server.PASSWORD,
             "PGDATABASE": server.DATABASE,
         }
-    result = subprocess.run(
-        [sys.executable, "-m", "coordinator", "-b", "postgres", "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": ROOT, **env},
-    )
+    result = run_cli("-b", "postgres", "--", "true", env=env)
     assert result.returncode == 0, result.stderr
 
 
@@ -187,13 +161,7 @@ def test_refused_credentials_are_one_line_and_exit_3(
     server: PostgresServer, url: str, needle: str
 ) -> None:
     url = url.format(secret=SECRET, password=server.PASSWORD, port=server.port)
-    result = subprocess.run(
-        [sys.executable, "-m", "coordinator", "-b", "postgres", "--url", url, "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
+    result = run_cli("-b", "postgres", "--url", url, "--", "true")
     out = result.stdout + result.stderr
     assert result.returncode == 3, out
     errors = [line for line in out.splitlines() if line.startswith("coordinator: error:")]
@@ -205,30 +173,21 @@ def test_server_down_at_start_keeps_standbys_waiting(tmp_path: Path) -> None:
     srv = PostgresServer()
     srv.stop()
     url = srv.url
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "-b",
-            "postgres",
-            "--url",
-            url,
-            "--ttl",
-            "3",
-            "--grace",
-            "1",
-            "--safety-delay",
-            "0",
-            "--",
-            sys.executable,
-            "-c",
-            "print('ran')",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
+    proc = spawn_cli(
+        "-b",
+        "postgres",
+        "--url",
+        url,
+        "--ttl",
+        "3",
+        "--grace",
+        "1",
+        "--safety-delay",
+        "0",
+        "--",
+        sys.executable,
+        "-c",
+        "print('ran')",
     )
     try:
         time.sleep(2.0)
@@ -243,26 +202,12 @@ def test_server_down_at_start_keeps_standbys_waiting(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-        srv.destroy()
+        srv.close()
 
 
 def test_malformed_url_is_a_usage_error() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "-b",
-            "postgres",
-            "--url",
-            f"host=x password={SECRET} port=notanumber =",
-            "--",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": ROOT},
+    result = run_cli(
+        "-b", "postgres", "--url", f"host=x password={SECRET} port=notanumber =", "--", "true"
     )
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
