@@ -37,9 +37,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def settled_postgres() -> PostgresServer:
     server = PostgresServer()
-    # A server younger than a ttl makes every acquisition wait the safety delay
-    # (locks do not survive a restart); the tests use a ttl of a few seconds.
-    time.sleep(max(0.0, 4.0 - server.uptime()))
+    try:
+        # A server younger than a ttl makes every acquisition wait the safety delay
+        # (locks do not survive a restart); the tests use a ttl of a few seconds.
+        time.sleep(max(0.0, 4.0 - server.uptime()))
+    except BaseException:
+        server.close()
+        raise
     return server
 
 
