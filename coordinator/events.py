@@ -44,7 +44,8 @@ class Events:
 
     def __enter__(self) -> Events:
         self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD):
+        # SIGCONT: a supervisor resumed after a stop checks its lease at once.
+        for signum in (*STOPPING, *FORWARDED, signal.SIGCHLD, signal.SIGCONT):
             self._previous[signum] = signal.signal(signum, self._record)
         return self
 

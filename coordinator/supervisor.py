@@ -25,8 +25,12 @@ from coordinator.errors import (
     LeaseLost,
 )
 from coordinator.events import FORWARDED, STOPPING, Caller, Events, Interrupted
+from coordinator.watchdog import Watchdog
 
 log = logging.getLogger("coordinator")
+
+# Sleeping this much longer than planned means the process was stopped or starved.
+PAUSE_NOTICE = 1.0
 
 
 class State(Enum):
@@ -76,6 +80,7 @@ class Supervisor:
         self.child: Child | None = None
         self.events = Events()
         self.caller = Caller(self.events)
+        self.watchdog = Watchdog()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -102,6 +107,7 @@ class Supervisor:
                 return done.code
             finally:
                 self._stop_child_if_running()
+                self.watchdog.close()
                 self._close_backend()
 
     def _close_backend(self) -> None:
@@ -185,6 +191,10 @@ class Supervisor:
     def _fence_at(self, lease: Lease) -> float:
         return lease.deadline - self.config.grace - self.config.margin
 
+    def _kill_at(self, lease: Lease) -> float:
+        """The last moment the child may run: the lease could expire after it."""
+        return lease.deadline - self.config.margin
+
     def _hold(self, lease: Lease) -> int | None:
         """Run the child while the lease holds. Returns an exit code, or None to
         contend again after losing the lease."""
@@ -211,8 +221,16 @@ class Supervisor:
                     log.info("forwarding %s to the child", signame(signum))
                     self.child.signal(signum)
             if self.child is not None and (code := self.child.poll()) is not None:
-                self.child.kill_stragglers()
-                self.child = None
+                self._reaped()
+                if code == 128 + signal.SIGKILL and time.monotonic() >= self._kill_at(lease):
+                    self._enter(
+                        State.STOPPING,
+                        "the lease ran out while this supervisor was not running (stopped or "
+                        "starved); the watchdog killed the child",
+                        logging.WARNING,
+                    )
+                    self._release(lease)  # still ours if nobody took it meanwhile
+                    return None
                 self._enter(State.EXITED, f"child exited with code {code}: releasing the lease")
                 self._release(lease)
                 return code
@@ -255,6 +273,8 @@ class Supervisor:
                     continue
                 fence_at = self._fence_at(lease)
                 next_renew = lease.deadline - cfg.ttl + cfg.renew_interval
+                if self.child is not None:
+                    self.watchdog.extend(self._kill_at(lease))
                 if renew_failing:
                     log.info("renewed the lease again")
                     renew_failing = False
@@ -266,7 +286,10 @@ class Supervisor:
             if self.child is None:
                 wake_at = min(wake_at, start_at)
             watch = self.backend.watch_fd() if now >= watch_quiet_until else None
-            if self.events.sleep(wake_at - time.monotonic(), watch):
+            woke = self.events.sleep(wake_at - time.monotonic(), watch)
+            if (late := time.monotonic() - wake_at) > PAUSE_NOTICE:
+                log.warning("this supervisor was not running for %.1fs (stopped or starved)", late)
+            if woke:
                 # The server may have dropped us: check now rather than at the next
                 # renewal, at most a few times a second if the socket stays readable.
                 log.debug("the backend connection needs attention: renewing now")
@@ -279,7 +302,15 @@ class Supervisor:
         except ChildStartError:
             self._release(lease)
             raise  # the CLI prints it as the one error line, with its exit code
+        self.watchdog.arm(self.child.pid, self._kill_at(lease))
         self._enter(State.RUNNING, f"started the child, pid {self.child.pid}")
+
+    def _reaped(self) -> None:
+        """The child was reaped: kill what is left of its group, stand the watchdog down."""
+        assert self.child is not None
+        self.child.kill_stragglers()
+        self.child = None
+        self.watchdog.disarm()
 
     def _stop_child(self, lease: Lease) -> int:
         """TERM the child's process group, KILL after grace (never later than the
@@ -287,13 +318,18 @@ class Supervisor:
         child = self.child
         assert child is not None
         cfg = self.config
-        kill_at = min(time.monotonic() + cfg.grace, lease.deadline - cfg.margin)
-        log.info(
-            "stopping the child: SIGTERM to its process group, SIGKILL in %.1fs",
-            max(0.0, kill_at - time.monotonic()),
-        )
-        child.signal_group(signal.SIGTERM)
-        killed = False
+        kill_at = min(time.monotonic() + cfg.grace, self._kill_at(lease))
+        killed = time.monotonic() >= kill_at
+        if killed:
+            # Past the last moment (this supervisor was stopped or starved): no grace.
+            log.warning("the lease may already be another node's: SIGKILL to the child's group")
+            child.signal_group(signal.SIGKILL)
+        else:
+            log.info(
+                "stopping the child: SIGTERM to its process group, SIGKILL in %.1fs",
+                kill_at - time.monotonic(),
+            )
+            child.signal_group(signal.SIGTERM)
         while (code := child.poll()) is None:
             for signum in self.events.take():
                 if signum in STOPPING and not killed:
@@ -305,8 +341,7 @@ class Supervisor:
                 child.signal_group(signal.SIGKILL)
                 killed = True
             self.events.sleep(0.05 if killed else kill_at - now)
-        child.kill_stragglers()
-        self.child = None
+        self._reaped()
         log.info("child stopped with code %d", code)
         return code
 
@@ -320,6 +355,7 @@ class Supervisor:
                 time.sleep(0.05)
             self.child.kill_stragglers()
             self.child.process.wait()
+            self._reaped()
 
     def _release(self, lease: Lease) -> None:
         try:

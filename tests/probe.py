@@ -3,6 +3,12 @@
 It takes an exclusive flock on a shared file: if another probe holds it, two children
 run at once, which is recorded as a violation. It appends one line per event to a
 log: "<event> <pid> <ppid> <fencing token> <monotonic time>".
+
+Flags: --grandchild forks a grandchild that shares the flock (an orphan keeps it held);
+--wait-lock waits for the flock after a violation, so its "start" record tells when the
+earlier child was gone (the overlap's length); --ignore-term ignores SIGTERM, and
+--ignore-term-if=PATH does so while PATH exists; --slow-stop=S takes S seconds to stop;
+--exit-soon exits by itself.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         record(log, "violation")
-        sys.exit(99)
+        if "--wait-lock" not in flags:
+            sys.exit(99)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     record(log, "start")
     if "--grandchild" in flags:
         # A grandchild in the same process group must die with the child.
@@ -43,7 +51,10 @@ def main() -> None:
                 time.sleep(1)
 
     def on_term(signum: int, frame: object) -> None:
-        if "--ignore-term" in flags:
+        ignore = "--ignore-term" in flags or any(
+            f.startswith("--ignore-term-if=") and os.path.exists(f.split("=", 1)[1]) for f in flags
+        )
+        if ignore:
             record(log, "ignored-term")
             return
         for flag in flags:

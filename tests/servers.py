@@ -320,3 +320,15 @@ class ConsulServer(ServerProcess):
                 pass
             time.sleep(0.1)
         raise RuntimeError("consul elected no leader")
+
+
+def settled_postgres() -> PostgresServer:
+    server = PostgresServer()
+    try:
+        # A server younger than a ttl makes every acquisition wait the safety delay
+        # (locks do not survive a restart); the tests use a ttl of a few seconds.
+        time.sleep(max(0.0, 4.0 - server.uptime()))
+    except BaseException:
+        server.close()
+        raise
+    return server

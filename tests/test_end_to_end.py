@@ -117,6 +117,36 @@ def test_grandchildren_are_stopped_with_the_child(cluster: Cluster) -> None:
     wait_until(lambda: not alive(grandchild.pid), timeout=2)
 
 
+def test_grandchildren_die_with_a_killed_supervisor(cluster: Cluster) -> None:
+    # The parent-death signal reaches the child only; the watchdog kills its group.
+    proc = cluster.start(probe_flags=("--grandchild",))
+    wait_until(lambda: cluster.records("grandchild"), timeout=cluster.ttl + 10)
+    child, grandchild = cluster.starts()[0], cluster.records("grandchild")[0]
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not alive(child.pid) and not alive(grandchild.pid), timeout=2)
+
+
+def test_paused_supervisor_loses_its_child_before_the_lease_expires(cluster: Cluster) -> None:
+    holder = cluster.start(probe_flags=("--grandchild",))
+    cluster.wait_starts(1, timeout=cluster.ttl + 10)
+    cluster.start()
+    child = cluster.starts()[0]
+    holder.send_signal(signal.SIGSTOP)
+    paused_at = time.monotonic()
+    try:
+        # The last renewal was at most ttl/3 before the pause; the watchdog kills the
+        # child at that renewal's deadline minus the margin.
+        wait_until(lambda: not alive(child.pid), timeout=cluster.ttl + 2)
+        assert time.monotonic() - paused_at < cluster.ttl, "killed after the lease expired"
+        assert all(not alive(r.pid) for r in cluster.records("grandchild"))
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    time.sleep(1.0)
+    assert holder.poll() is None, "the resumed supervisor should contend again, not exit"
+    cluster.check()
+
+
 def test_second_sigterm_kills_at_once(cluster: Cluster) -> None:
     proc = cluster.start(probe_flags=("--ignore-term",))
     cluster.wait_starts(1, timeout=cluster.ttl + 10)

@@ -1,0 +1,158 @@
+"""The watchdog: a second, tiny process that kills the child when the supervisor cannot.
+
+The supervisor stops its child before the lease could expire, but only while it runs.
+Frozen (SIGSTOP, a debugger, starved) it stops nothing, and killed with SIGKILL it
+leaves the child's grandchildren behind (the parent-death signal reaches only the
+direct child). The watchdog covers both: the supervisor tells it the child's process
+group and the last moment the child may run (the lease deadline minus the margin, on
+the shared monotonic clock), and moves that moment on after each renewal. When the
+moment passes without news, or the supervisor's end of the pipe closes, the watchdog
+SIGKILLs the whole group.
+
+It runs in its own session (a signal to the supervisor's process group does not reach
+it), imports only the standard library and is started with `python -I -S`, so it costs
+a few megabytes and milliseconds. It is started with the first child and lives as long
+as its supervisor.
+
+Protocol, one line each on the watchdog's stdin:
+    run PGID KILL_AT   a child runs in group PGID; kill it at KILL_AT (time.monotonic())
+    until KILL_AT      the lease was renewed: the new moment
+    idle               the child is gone: nothing to kill
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import IO
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, f"coordinator: watchdog: {text}\n".encode())
+
+
+def _kill(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # gone, or only zombies left
+        return False
+    return True
+
+
+def serve(stdin: int = 0) -> None:
+    """The watchdog process's loop."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        # It exits when the supervisor does (end of file), not on a terminal's or a
+        # service manager's stop signal that the supervisor handles itself.
+        signal.signal(signum, signal.SIG_IGN)
+    supervisor = os.getppid()
+    pgid, kill_at = 0, math.inf
+    pending = b""
+    while True:
+        timeout = None if not pgid else max(0.0, kill_at - time.monotonic())
+        if select.select([stdin], [], [], timeout)[0]:
+            data = os.read(stdin, 4096)
+            if not data:
+                if pgid and _kill(pgid):
+                    _say(f"supervisor {supervisor} is gone: killed the child's group {pgid}")
+                return
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                words = line.split()
+                if words[:1] == [b"run"]:
+                    pgid, kill_at = int(words[1]), float(words[2])
+                elif words[:1] == [b"until"]:
+                    kill_at = float(words[1])
+                elif words[:1] == [b"idle"]:
+                    pgid, kill_at = 0, math.inf
+            continue  # read everything pending before judging the time
+        if pgid and time.monotonic() >= kill_at:
+            if _kill(pgid):
+                late = time.monotonic() - kill_at
+                _say(
+                    f"supervisor {supervisor} did not renew the lease in time (it may be "
+                    f"frozen): killed the child's group {pgid} ({late * 1000:.0f} ms late)"
+                )
+            pgid, kill_at = 0, math.inf
+
+
+class Watchdog:
+    """The supervisor's end: starts the watchdog and keeps it informed."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self._pipe: IO[bytes] | None = None
+        self._state = "idle"
+
+    def _start(self) -> None:
+        read, write = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+                stdin=read,
+                close_fds=True,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read)
+        os.set_blocking(write, False)  # never stall the supervisor on a stuck watchdog
+        self._pipe = os.fdopen(write, "wb", buffering=0)
+
+    def _send(self, line: str) -> None:
+        for attempt in (1, 2):
+            if self._pipe is None:
+                self._start()
+            assert self._pipe is not None
+            try:
+                self._pipe.write(f"{line}\n".encode())
+                return
+            except BrokenPipeError:
+                # It died (killed by hand?): start another and tell it the whole story.
+                self._drop()
+                line = self._state
+                if attempt == 2:
+                    raise
+            except BlockingIOError:
+                # A watchdog that stopped reading: it would kill early, never late.
+                return
+
+    def arm(self, pgid: int, kill_at: float) -> None:
+        self._state = f"run {pgid} {kill_at:.6f}"
+        self._send(self._state)
+
+    def extend(self, kill_at: float) -> None:
+        if self._state.startswith("run "):
+            pgid = self._state.split()[1]
+            self._state = f"run {pgid} {kill_at:.6f}"
+            self._send(f"until {kill_at:.6f}")
+
+    def disarm(self) -> None:
+        if self._state != "idle":
+            self._state = "idle"
+            self._send("idle")
+
+    def _drop(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.close()
+            self._pipe = None
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1.0)
+            self.process = None
+
+    def close(self) -> None:
+        """End of file tells the watchdog to leave (killing the child if still armed)."""
+        self._drop()
+
+
+if __name__ == "__main__":
+    serve()

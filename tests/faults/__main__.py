@@ -1,0 +1,153 @@
+"""The fault-injection runner: `python -m tests.faults [--quick | --long] ...`.
+
+Starts its own servers (it pauses and restarts them; COORDINATOR_TEST_*_URL selects an
+external server instead, and the server faults are then left out), three supervisors
+per backend, applies every fault in shuffled rounds, prints a table per backend and
+exits 1 unless every row meets the bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from tests.faults.check import Round, Summary, history_problems
+from tests.faults.faults import FAULTS, applicable, one_round
+from tests.faults.harness import Bench
+from tests.servers import ConsulServer, RedisServer, ServerProcess, settled_postgres
+from tests.store import Store
+
+BACKENDS = ("file", "redis", "postgres", "consul")
+QUICK_ROUNDS, LONG_ROUNDS = 2, 25
+# A Consul round lasts up to 2 x ttl + lock-delay (30 s): its quick mode does one.
+QUICK_ROUNDS_FOR = {"consul": 1}
+# On a node pause the old child runs again for a moment after SIGCONT, until the
+# watchdog or the supervisor (both resumed too) kill it: it must be brief.
+RESUME_LIMIT = 1.0
+
+
+def open_store(kind: str, tmp: Path) -> tuple[Store, ServerProcess | None]:
+    prefix = f"faults-{uuid.uuid4().hex[:8]}/"
+    if kind == "file":
+        return Store(kind, str(tmp / "locks"), prefix), None
+    external = os.environ.get(f"COORDINATOR_TEST_{kind.upper()}_URL")
+    if external:
+        return Store(kind, external, prefix), None
+    server: ServerProcess
+    if kind == "redis":
+        server = RedisServer(tmp)
+    elif kind == "postgres":
+        server = settled_postgres()
+    else:
+        server = ConsulServer(tmp)
+    return Store(kind, server.url, prefix), server
+
+
+def verdict(summary: Summary) -> str:
+    """'ok', or why the row misses the bar."""
+    if summary.problems:
+        return "FAIL: " + "; ".join(sorted(set(summary.problems)))
+    if summary.orphans:
+        return "FAIL: orphans"
+    if summary.fault == "node-pause":
+        if summary.ran_after_resume is None or summary.ran_after_resume > RESUME_LIMIT:
+            return f"FAIL: old child lived on more than {RESUME_LIMIT}s after SIGCONT"
+    elif summary.overlaps:
+        return "FAIL: two children at once"
+    return "ok"
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table(title: str, summaries: list[Summary]) -> str:
+    head = (
+        f"{'fault':<17}{'rounds':>7}{'overlaps':>9}{'longest':>9}"
+        f"{'takeover p50':>14}{'p99':>8}{'orphans':>8}{'after resume':>14}  result"
+    )
+    lines = [title, head, "-" * len(head)]
+    for s in summaries:
+        lines.append(
+            f"{s.fault:<17}{s.rounds:>7}{s.overlaps:>9}{seconds(s.longest_overlap):>9}"
+            f"{seconds(s.takeover_p50):>14}{seconds(s.takeover_p99):>8}{s.orphans:>8}"
+            f"{seconds(s.ran_after_resume):>14}  {verdict(s)}"
+        )
+    return "\n".join(lines)
+
+
+def run_backend(
+    kind: str, faults: list[str], rounds: int, seed: int, tmp: Path
+) -> tuple[str, list[Summary]]:
+    store, server = open_store(kind, tmp)
+    bench = Bench(store, server, tmp)
+    try:
+        chosen = [f for f in applicable(bench) if f in faults]
+        order = chosen * rounds
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        bench.start_all()
+        results: dict[str, list[Round]] = {f: [] for f in chosen}
+        for fault in order:
+            results[fault].append(one_round(bench, fault, rng))
+        summaries = [Summary.of(f, results[f]) for f in chosen]
+        history = history_problems(bench.events())
+        if history:
+            summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
+        if any(verdict(s) != "ok" for s in summaries):
+            print("\n".join(bench.node_log_tail()), file=sys.stderr)
+        title = (
+            f"{kind}: ttl {bench.ttl:g}s, grace {bench.grace:g}s, {len(bench.nodes)} supervisors, "
+            f"seed {seed}" + ("" if server or kind == "file" else ", external server")
+        )
+        return table(title, summaries), summaries
+    finally:
+        bench.close()
+        if server is not None:
+            server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds per fault (Consul: 1)"
+    )
+    mode.add_argument("--long", action="store_true", help=f"{LONG_ROUNDS} rounds per fault")
+    mode.add_argument("--rounds", type=int, help="rounds per fault")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    long_or_quick = LONG_ROUNDS if args.long else None
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    faults = args.faults.split(",")
+    unknown = [f for f in faults if f not in FAULTS] + [
+        b for b in args.backends.split(",") if b not in BACKENDS
+    ]
+    if unknown:
+        parser.error(f"unknown fault or backend: {', '.join(unknown)}")
+    report: dict[str, list[dict[str, object]]] = {}
+    ok = True
+    for kind in args.backends.split(","):
+        rounds = args.rounds or long_or_quick or QUICK_ROUNDS_FOR.get(kind, QUICK_ROUNDS)
+        with tempfile.TemporaryDirectory(prefix=f"coordinator-faults-{kind}-") as tmp:
+            text, summaries = run_backend(kind, faults, rounds, seed, Path(tmp))
+        print(text + "\n", flush=True)
+        report[kind] = [asdict(s) for s in summaries]
+        ok = ok and all(verdict(s) == "ok" for s in summaries)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

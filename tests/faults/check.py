@@ -1,0 +1,110 @@
+"""The checker: reads the probes' records and judges each round.
+
+Two probes at once show up as a "violation" record: the newer probe found the flock
+held. With --wait-lock it then waits for the flock, so its "start" record marks the
+moment every process of the earlier child (grandchildren included, they share the
+lock) was gone: the overlap is the time between the two.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # start, stop, violation, grandchild, ignored-term
+    pid: int
+    ppid: int  # the supervisor for a probe, the probe for a grandchild
+    token: str
+    at: float  # time.monotonic(), shared by every process on the host
+
+
+def read_events(log: Path) -> list[Event]:
+    if not log.exists():
+        return []
+    events = []
+    for line in log.read_text().splitlines():
+        kind, pid, ppid, token, at = line.split()
+        events.append(Event(kind, int(pid), int(ppid), token, float(at)))
+    return events
+
+
+def overlap(events: list[Event], pid: int) -> float:
+    """How long probe `pid` ran while an earlier child still held the lock."""
+    violation = [e.at for e in events if e.pid == pid and e.kind == "violation"]
+    if not violation:
+        return 0.0
+    start = [e.at for e in events if e.pid == pid and e.kind == "start"]
+    return (start[0] if start else math.inf) - violation[0]
+
+
+def history_problems(events: list[Event]) -> list[str]:
+    """Whole-run invariants: fencing tokens strictly increase, and no probe took the
+    flock before the previous one recorded its stop (when it lived to record one)."""
+    problems = []
+    starts = [e for e in events if e.kind == "start"]
+    for before, after in itertools.pairwise(starts):
+        if int(after.token) <= int(before.token):
+            problems.append(
+                f"fencing token went from {before.token} (pid {before.pid}) "
+                f"to {after.token} (pid {after.pid})"
+            )
+        stops = [e.at for e in events if e.pid == before.pid and e.kind == "stop"]
+        if stops and stops[0] > after.at:
+            problems.append(f"pid {after.pid} took the flock before pid {before.pid} stopped")
+    return problems
+
+
+@dataclass
+class Round:
+    fault: str
+    takeover: float | None = None  # seconds from the fault (or the heal) to a new child
+    overlap: float = 0.0
+    ran_after_resume: float | None = None  # node pause: the old child's life after SIGCONT
+    orphans: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank; with few values p99 is the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Summary:
+    fault: str
+    rounds: int
+    overlaps: int
+    longest_overlap: float
+    takeover_p50: float | None
+    takeover_p99: float | None
+    orphans: int
+    problems: list[str]
+    ran_after_resume: float | None
+
+    @classmethod
+    def of(cls, fault: str, rounds: list[Round]) -> Summary:
+        takeovers = [r.takeover for r in rounds if r.takeover is not None]
+        resumed = [r.ran_after_resume for r in rounds if r.ran_after_resume is not None]
+        problems = [p for r in rounds for p in r.problems]
+        problems += [
+            f"no child ran again after round {i + 1}"
+            for i, r in enumerate(rounds)
+            if r.takeover is None and not r.problems
+        ]
+        return cls(
+            fault=fault,
+            rounds=len(rounds),
+            overlaps=sum(1 for r in rounds if r.overlap > 0),
+            longest_overlap=max((r.overlap for r in rounds), default=0.0),
+            takeover_p50=percentile(takeovers, 50) if takeovers else None,
+            takeover_p99=percentile(takeovers, 99) if takeovers else None,
+            orphans=sum(r.orphans for r in rounds),
+            problems=problems,
+            ran_after_resume=max(resumed) if resumed else None,
+        )

@@ -1,0 +1,78 @@
+"""A TCP proxy that can cut a supervisor off from its server without closing anything.
+
+stall() stops relaying bytes in both directions and holds new connections unanswered,
+as a pulled cable or a dropped route would: neither side sees the connection end,
+every request just gets no reply. heal() relays again, buffered bytes included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+
+
+class Proxy:
+    def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
+        self.upstream = (host, upstream_port)
+        self.listener = socket.create_server((host, 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.stalled = False
+        self.peers: dict[socket.socket, socket.socket] = {}
+        self.held: list[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"proxy-{self.port}", daemon=True)
+        self._thread.start()
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    def heal(self) -> None:
+        self.stalled = False
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=2)
+        for sock in [self.listener, *self.peers, *self.held]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            watched = [self.listener] if self.stalled else [self.listener, *self.peers]
+            ready, _, _ = select.select(watched, [], [], 0.05)
+            for sock in ready:
+                if sock is self.listener:
+                    client, _ = self.listener.accept()
+                    self.held.append(client)
+                elif sock in self.peers and not self.stalled:
+                    self._relay(sock)
+            if not self.stalled:
+                held, self.held = self.held, []
+                for client in held:
+                    self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream, timeout=2)
+        except OSError:
+            client.close()  # the server is down: refuse, as a direct connection would
+            return
+        server.settimeout(5)
+        client.settimeout(5)
+        self.peers[client], self.peers[server] = server, client
+
+    def _relay(self, sock: socket.socket) -> None:
+        other = self.peers[sock]
+        try:
+            data = sock.recv(65536)
+            if data:
+                other.sendall(data)
+                return
+        except OSError:
+            pass
+        for end in (sock, other):  # one side closed or failed: close the other too
+            self.peers.pop(end, None)
+            with contextlib.suppress(OSError):
+                end.close()
