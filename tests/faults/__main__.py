@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import uuid
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    # Leave through the finally blocks, which stop the servers and supervisors.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     long_or_quick = LONG_ROUNDS if args.long else None
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     faults = args.faults.split(",")
