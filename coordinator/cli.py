@@ -57,7 +57,8 @@ def setup_logging(
     epilog="Everything after '--' (or after the first word that is not an option) is the "
     "command and its arguments, passed to it unchanged. Exit status: the command's own; "
     "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
-    "4 --wait-timeout passed; 126/127 command not executable/not found.",
+    "4 --wait-timeout passed; 126/127 command not executable/not found. "
+    "Who holds a lock: coordinator status --help.",
 )
 def run(
     command: Annotated[
@@ -246,6 +247,98 @@ def run(
     return Supervisor(config, store, observer).run()
 
 
+status_app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@status_app.command(
+    epilog="Exit status: 0 held; 1 free; 2 usage error; 3 the backend refused our "
+    "credentials; 69 the backend could not tell (unreachable or no answer in time). "
+    "A command that is itself called 'status' runs with: coordinator -- status.",
+)
+def status(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[-- COMMAND [ARGS]...]",
+            help="The command the supervisors run, to derive the lock name when --name is "
+            "not given.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            metavar="NAME",
+            envvar="COORDINATOR_BACKEND",
+            show_envvar=True,
+            help="file, redis, postgres or consul.",
+        ),
+    ] = "file",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            envvar="COORDINATOR_URL",
+            show_envvar=True,
+            help="Backend address, as for the supervisors.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            metavar="NAME",
+            envvar="COORDINATOR_NAME",
+            show_envvar=True,
+            help="Lock name.",
+        ),
+    ] = None,
+    key_prefix: Annotated[
+        str,
+        typer.Option(
+            metavar="PREFIX",
+            envvar="COORDINATOR_KEY_PREFIX",
+            show_envvar=True,
+            help="Prefix of the keys in the backend, as for the supervisors.",
+        ),
+    ] = "coordinator/",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object, for scripts.")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", help="Give up (exit 69) when the backend has not answered by then."
+        ),
+    ] = 5.0,
+) -> int:
+    """Show who holds the lock NAME: node id, host, pid, since when, fencing token,
+    time left."""
+    from coordinator.status import status as show
+
+    if not name and not command:
+        raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
+    if not timeout > 0:
+        raise ConfigError(f"--timeout must be positive, got {timeout:g}")
+    config = Config(
+        # The command only derives the default name: status runs nothing.
+        command=tuple(command or ("status",)),
+        backend=backend,
+        url=url,
+        name=name or "",
+        key_prefix=key_prefix,
+    )
+    return show(config, as_json, timeout)
+
+
 def fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"coordinator: error: {message}\n")
     sys.exit(code)
@@ -253,7 +346,12 @@ def fail(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
+    # `coordinator status ...` is the status command; anything else, `coordinator --
+    # status` included, runs a command. A group would read the child's first word as a
+    # subcommand name.
     target, prog = app, "coordinator"
+    if args[:1] == ["status"]:
+        target, prog, args = status_app, "coordinator status", args[1:]
     command = typer.main.get_command(target)
     try:
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
