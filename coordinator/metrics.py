@@ -103,6 +103,7 @@ class Metrics(Observer):
         )
         self.state.state("starting")
         self._leading = False
+        self.server: ThreadingHTTPServer | None = None  # set by serve()
 
     def _renew_age(self) -> float:
         now = self.tracker.current
@@ -200,6 +201,7 @@ def serve(config: Config, tracker: Tracker, host: str, port: int) -> Metrics:
         shown = f"[{host}]" if ":" in host else host
         raise ConfigError(f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc}") from exc
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    metrics.server = server
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     logging.getLogger("coordinator").info(
         "serving metrics on http://%s:%d/metrics and health on /healthz",
