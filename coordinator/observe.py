@@ -110,7 +110,7 @@ class Tracker(Observer):
         changes: dict[str, Any] = {"state": state, "since": time.time(), "reason": reason}
         if state in ("stopping", "exited", "contending"):
             changes["leader"] = False
-        if state != "running":
+        if state not in ("running", "stopping"):  # while stopping, the child still exists
             changes["child_pid"] = None
         self._update(**changes)
         for other in self.others:
@@ -136,7 +136,7 @@ class Tracker(Observer):
             other.renew_failed()
 
     def released(self) -> None:
-        self._update(leader=False)
+        self._update(leader=False, child_pid=None)
         for other in self.others:
             other.released()
 

@@ -6,11 +6,11 @@ Exit status: 0 held, 1 free, 69 the backend could not tell (unreachable, timed o
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from coordinator.backends import create_backend
@@ -23,7 +23,7 @@ from coordinator.observe import iso
 def ask(backend: Backend, name: str, timeout: float) -> HolderInfo | None:
     """backend.holder(name) with a hard timeout: a client library stuck in a DNS lookup
     or a TLS handshake must not hang a probe."""
-    future: Future[HolderInfo | None] = Future()
+    future: concurrent.futures.Future[HolderInfo | None] = concurrent.futures.Future()
 
     def run() -> None:
         try:
@@ -34,7 +34,7 @@ def ask(backend: Backend, name: str, timeout: float) -> HolderInfo | None:
     threading.Thread(target=run, name="status", daemon=True).start()
     try:
         return future.result(timeout=timeout)
-    except TimeoutError as exc:
+    except concurrent.futures.TimeoutError as exc:  # not the builtin one before 3.11
         raise BackendUnavailable(f"no answer within {timeout:g}s") from exc
 
 
