@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +73,54 @@ class Snapshot:
     last_renew_mono: float | None = None  # monotonic, for the health rule
 
 
+class StatusFile:
+    """Writes a JSON document to a path, on a thread of its own: a slow or stuck file
+    system must not hold up the supervisor loop, which has a child to stop on time."""
+
+    def __init__(self, path: Path, document: Callable[[], dict[str, Any]]) -> None:
+        self.path, self.document = path, document
+        try:
+            self._write()  # at start, so a bad path is a usage error, not a warning later
+        except OSError as exc:
+            raise ConfigError(f"cannot write --status-file {path}: {exc}") from exc
+        self._wanted, self._done = threading.Event(), threading.Event()
+        self._failed = False
+        threading.Thread(target=self._run, name="status-file", daemon=True).start()
+
+    def _write(self) -> None:
+        # Write beside the target and rename over it, so readers never see half a file.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.document()) + "\n")
+        os.replace(tmp, self.path)
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                self._write()  # the latest document: requests made meanwhile are covered
+                self._failed = False
+            except OSError as exc:
+                # Keep supervising: the file is for probes, the lease matters more.
+                level = logging.DEBUG if self._failed else logging.WARNING
+                logging.getLogger("coordinator").log(
+                    level, "cannot write the status file %s: %s", self.path, exc
+                )
+                self._failed = True
+            if not self._wanted.is_set():
+                self._done.set()
+
+    def request(self) -> None:
+        """Rewrite the file soon; never blocks."""
+        self._done.clear()
+        self._wanted.set()
+
+    def flush(self, timeout: float) -> None:
+        """Rewrite the file and wait for it, at most `timeout` seconds."""
+        self.request()
+        self._done.wait(timeout)
+
+
 class Tracker(Observer):
     """The supervisor's current state, for JSON logs, /healthz and the status file.
 
@@ -82,29 +132,14 @@ class Tracker(Observer):
         self, config: Config, status_file: Path | None = None, others: list[Observer] | None = None
     ) -> None:
         self.config = config
-        self.status_file = status_file
         self.others = others or []
         self.current = Snapshot()
-        self._write_failed = False
-        if status_file is not None:
-            try:
-                self._write()
-            except OSError as exc:
-                raise ConfigError(f"cannot write --status-file {status_file}: {exc}") from exc
+        self.status_file = StatusFile(status_file, self.document) if status_file else None
 
     def _update(self, **changes: Any) -> None:
         self.current = replace(self.current, **changes)
         if self.status_file is not None:
-            try:
-                self._write()
-                self._write_failed = False
-            except OSError as exc:
-                # Keep supervising: the file is for probes, the lease matters more.
-                level = logging.DEBUG if self._write_failed else logging.WARNING
-                logging.getLogger("coordinator").log(
-                    level, "cannot write the status file %s: %s", self.status_file, exc
-                )
-                self._write_failed = True
+            self.status_file.request()
 
     def state_changed(self, state: str, reason: str = "") -> None:
         changes: dict[str, Any] = {"state": state, "since": time.time(), "reason": reason}
@@ -147,6 +182,8 @@ class Tracker(Observer):
 
     def closed(self) -> None:
         self._update(state="stopped", since=time.time(), leader=False, child_pid=None)
+        if self.status_file is not None:
+            self.status_file.flush(timeout=1.0)  # the process exits next
         for other in self.others:
             other.closed()
 
@@ -196,13 +233,6 @@ class Tracker(Observer):
             # finds the clock past this time has a supervisor that stopped renewing.
             "fresh_until": fresh_until,
         }
-
-    def _write(self) -> None:
-        assert self.status_file is not None
-        # Write beside the target and rename over it, so readers never see half a file.
-        tmp = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.document()) + "\n")
-        os.replace(tmp, self.status_file)
 
 
 class JsonFormatter(logging.Formatter):
