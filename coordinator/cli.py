@@ -264,7 +264,7 @@ def status(
     command: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[-- COMMAND [ARGS]...]",
+            metavar="-- COMMAND [ARGS]...",
             help="The command the supervisors run, to derive the lock name when --name is "
             "not given.",
             show_default=False,
