@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from coordinator import __version__
 from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
-from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, CoordinatorError
+from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
+
+if TYPE_CHECKING:
+    from coordinator.observe import Tracker
 
 app = typer.Typer(
     add_completion=True,
@@ -26,14 +30,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(
+    level: str, json_for: Config | None = None, tracker: Tracker | None = None
+) -> None:
+    """Text lines on stderr, or JSON lines when `json_for` gives the config to describe."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%S",
+    if json_for is not None:
+        from coordinator.observe import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(json_for, tracker))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s",
+                datefmt="%Y-%m-%dT%H:%M:%S",
+            )
         )
-    )
     root = logging.getLogger("coordinator")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -45,7 +57,8 @@ def setup_logging(level: str) -> None:
     epilog="Everything after '--' (or after the first word that is not an option) is the "
     "command and its arguments, passed to it unchanged. Exit status: the command's own; "
     "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
-    "4 --wait-timeout passed; 126/127 command not executable/not found.",
+    "4 --wait-timeout passed; 126/127 command not executable/not found. "
+    "Who holds a lock: coordinator status --help.",
 )
 def run(
     command: Annotated[
@@ -166,16 +179,46 @@ def run(
             help="debug, info, warning or error.",
         ),
     ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            metavar="FORMAT",
+            envvar="COORDINATOR_LOG_FORMAT",
+            show_envvar=True,
+            help="text (one sentence per line) or json (one object per line, for log shippers).",
+        ),
+    ] = "text",
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            envvar="COORDINATOR_METRICS_ADDRESS",
+            show_envvar=True,
+            help="Serve Prometheus metrics on /metrics and a health check on /healthz at this "
+            "address (:PORT for every interface). Needs the metrics extra.",
+        ),
+    ] = None,
+    status_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            envvar="COORDINATOR_STATUS_FILE",
+            show_envvar=True,
+            dir_okay=False,
+            help="Keep a small JSON document with the current state at PATH, replaced "
+            "atomically on each state change and renewal, for exec probes.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> int:
     """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
+    from coordinator import observe
     from coordinator.backends import create_backend
     from coordinator.supervisor import Supervisor
 
-    setup_logging(log_level if log_level in ("debug", "info", "warning", "error") else "info")
     kwargs: dict[str, object] = {}
     if node_id:
         kwargs["node_id"] = node_id
@@ -193,7 +236,107 @@ def run(
         consul_node_check=consul_node_check,
         **kwargs,  # type: ignore[arg-type]
     )
-    return Supervisor(config, create_backend(config)).run()
+    if log_format not in observe.LOG_FORMATS:
+        raise ConfigError(
+            f"unknown log format {log_format!r} (choose from {', '.join(observe.LOG_FORMATS)})"
+        )
+    store = create_backend(config)
+    tracker = observe.Tracker(config, status_file)
+    setup_logging(log_level, config if log_format == "json" else None, tracker)
+    observer = observe.start(config, tracker, metrics_address)
+    return Supervisor(config, store, observer).run()
+
+
+status_app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@status_app.command(
+    epilog="Exit status: 0 held; 1 free; 2 usage error; 3 the backend refused our "
+    "credentials; 69 the backend could not tell (unreachable or no answer in time). "
+    "A command that is itself called 'status' runs with: coordinator -- status.",
+)
+def status(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- COMMAND [ARGS]...",
+            help="The command the supervisors run, to derive the lock name when --name is "
+            "not given.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            metavar="NAME",
+            envvar="COORDINATOR_BACKEND",
+            show_envvar=True,
+            help="file, redis, postgres or consul.",
+        ),
+    ] = "file",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            envvar="COORDINATOR_URL",
+            show_envvar=True,
+            help="Backend address, as for the supervisors.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            metavar="NAME",
+            envvar="COORDINATOR_NAME",
+            show_envvar=True,
+            help="Lock name.",
+        ),
+    ] = None,
+    key_prefix: Annotated[
+        str,
+        typer.Option(
+            metavar="PREFIX",
+            envvar="COORDINATOR_KEY_PREFIX",
+            show_envvar=True,
+            help="Prefix of the keys in the backend, as for the supervisors.",
+        ),
+    ] = "coordinator/",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object, for scripts.")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", help="Give up (exit 69) when the backend has not answered by then."
+        ),
+    ] = 5.0,
+) -> int:
+    """Show who holds the lock NAME: node id, host, pid, since when, fencing token,
+    time left."""
+    from coordinator.status import status as show
+
+    if not name and not command:
+        raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
+    if not timeout > 0:
+        raise ConfigError(f"--timeout must be positive, got {timeout:g}")
+    config = Config(
+        # The command only derives the default name: status runs nothing.
+        command=tuple(command or ("status",)),
+        backend=backend,
+        url=url,
+        name=name or "",
+        key_prefix=key_prefix,
+    )
+    return show(config, as_json, timeout)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -203,9 +346,15 @@ def fail(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
-    command = typer.main.get_command(app)
+    # `coordinator status ...` is the status command; anything else, `coordinator --
+    # status` included, runs a command. A group would read the child's first word as a
+    # subcommand name.
+    target, prog = app, "coordinator"
+    if args[:1] == ["status"]:
+        target, prog, args = status_app, "coordinator status", args[1:]
+    command = typer.main.get_command(target)
     try:
-        code = command.main(args=args, prog_name="coordinator", standalone_mode=False)
+        code = command.main(args=args, prog_name=prog, standalone_mode=False)
     except CoordinatorError as exc:
         fail(str(exc), exc.exit_code)
     except Exception as exc:
@@ -217,7 +366,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         if kind == "Abort":
             fail("aborted", 128 + 2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            fail(f"{exc.format_message()} (see coordinator --help)", EXIT_USAGE)
+            fail(f"{exc.format_message()} (see {prog} --help)", EXIT_USAGE)
         # A bug: say what, without a traceback that may hold secrets.
         fail(f"internal error: {kind}: {exc}", EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

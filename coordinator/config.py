@@ -36,21 +36,30 @@ def default_name(command: tuple[str, ...]) -> str:
     return f"{readable}-{digest}"
 
 
+# Query parameters that carry a secret: libpq and redis-py both accept ?password=.
+SECRET_PARAMETER = re.compile(
+    r"((?:^|&)[^=&]*(?:password|passwd|token|secret)[^=&]*=)[^&]*", re.IGNORECASE
+)
+
+
 def redact_url(url: str | None) -> str:
     """The URL with any password replaced, fit for logs and error messages."""
     if not url:
         return ""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        query = SECRET_PARAMETER.sub(r"\1***", parts.query)
+        if parts.password is None and query == parts.query:
             return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-        netloc = f"{user}:***@{host}{port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            port = f":{parts.port}" if parts.port else ""
+            netloc = f"{user}:***@{host}{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         # A URL too broken to parse may still hold a secret: show only its scheme.
         scheme = url.split("://", 1)[0] if "://" in url else ""

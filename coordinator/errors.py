@@ -4,9 +4,12 @@ from __future__ import annotations
 
 # Exit codes of the program itself. The child's own code (0-255) and 128+N for a
 # child killed by signal N pass through unchanged; see docs/exit-codes.md.
+EXIT_HELD = 0  # status: the lock is held
+EXIT_FREE = 1  # status: the lock is free
 EXIT_USAGE = 2  # bad option, missing command, inconsistent timings, bad URL
 EXIT_BACKEND_REJECTED = 3  # the backend refused us for good: credentials, permissions
 EXIT_WAIT_TIMEOUT = 4  # --wait-timeout passed without acquiring the lease
+EXIT_UNAVAILABLE = 69  # status: the backend could not tell (EX_UNAVAILABLE)
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127  # the command was not found
@@ -32,7 +35,10 @@ class BackendUnavailable(CoordinatorError):
     """The backend cannot tell: unreachable, timed out, or an unclear answer.
 
     Never read as a yes. Callers retry with backoff; a holder self-fences by its deadline.
+    Only `status` exits with it: the supervisor keeps trying.
     """
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class BackendRejected(CoordinatorError):

@@ -25,6 +25,7 @@ from coordinator.errors import (
     LeaseLost,
 )
 from coordinator.events import FORWARDED, STOPPING, Caller, Events, Interrupted
+from coordinator.observe import Observer
 from coordinator.watchdog import Watchdog
 
 log = logging.getLogger("coordinator")
@@ -72,9 +73,10 @@ class Backoff:
 
 
 class Supervisor:
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(self, config: Config, backend: Backend, observer: Observer | None = None) -> None:
         self.config = config
         self.backend = backend
+        self.observer = observer or Observer()
         self.where = backend.describe(config.name)
         self.state = State.STARTING
         self.child: Child | None = None
@@ -84,13 +86,16 @@ class Supervisor:
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _enter(self, state: State, sentence: str, level: int = logging.INFO) -> None:
+    def _enter(
+        self, state: State, sentence: str, level: int = logging.INFO, reason: str = ""
+    ) -> None:
         """Log one sentence when the state changes; repeats go to debug."""
         if state is self.state:
             log.debug(sentence)
             return
         self.state = state
-        log.log(level, sentence)
+        self.observer.state_changed(state.name.lower(), reason)
+        log.log(level, sentence, extra={"event": state.name.lower(), "reason": reason})
 
     def _call_timeout(self, limit: float = math.inf) -> float:
         return max(0.0, min(self.config.call_timeout, limit))
@@ -109,6 +114,7 @@ class Supervisor:
                 self._stop_child_if_running()
                 self.watchdog.close()
                 self._close_backend()
+                self.observer.closed()
 
     def _close_backend(self) -> None:
         try:
@@ -202,7 +208,13 @@ class Supervisor:
         fence_at = self._fence_at(lease)
         next_renew = lease.deadline - cfg.ttl + cfg.renew_interval
         start_at = time.monotonic()
-        log.info("acquired %s (fencing token %d)", self.where, lease.fencing_token)
+        log.info(
+            "acquired %s (fencing token %d)",
+            self.where,
+            lease.fencing_token,
+            extra={"event": "acquired"},
+        )
+        self.observer.acquired(lease.fencing_token)
         if lease.state_reset and cfg.effective_safety_delay > 0:
             start_at += cfg.effective_safety_delay
             self._enter(
@@ -228,6 +240,7 @@ class Supervisor:
                         "the lease ran out while this supervisor was not running (stopped or "
                         "starved); the watchdog killed the child",
                         logging.WARNING,
+                        reason="paused",
                     )
                     self._release(lease)  # still ours if nobody took it meanwhile
                     return None
@@ -235,7 +248,9 @@ class Supervisor:
                 self._release(lease)
                 return code
             if stop_signal:
-                self._enter(State.STOPPING, f"received {signame(stop_signal)}: stopping")
+                self._enter(
+                    State.STOPPING, f"received {signame(stop_signal)}: stopping", reason="signal"
+                )
                 code = self._stop_child(lease) if self.child else 128 + stop_signal
                 self._release(lease)
                 return code
@@ -246,6 +261,7 @@ class Supervisor:
                     f"no renewal for {now - (lease.deadline - cfg.ttl):.1f}s and the lease may "
                     f"expire in {lease.deadline - now:.1f}s: stopping the child",
                     logging.WARNING,
+                    reason="renewal_timeout",
                 )
                 if self.child is not None:
                     self._stop_child(lease)
@@ -257,12 +273,15 @@ class Supervisor:
                         self.backend.renew, lease, timeout=self._call_timeout(fence_at - now)
                     )
                 except LeaseLost as exc:
-                    self._enter(State.STOPPING, f"lease lost: {exc}", logging.WARNING)
+                    self._enter(
+                        State.STOPPING, f"lease lost: {exc}", logging.WARNING, reason="lease_lost"
+                    )
                     if self.child is not None:
                         self._stop_child(lease)
                     return None
                 except (BackendUnavailable, BackendRejected) as exc:
                     renew_failing = True
+                    self.observer.renew_failed()
                     log.warning(
                         "renewal failed, will retry; the child is stopped in %.1fs unless a "
                         "renewal succeeds: %s",
@@ -271,12 +290,13 @@ class Supervisor:
                     )
                     next_renew = time.monotonic() + min(0.5, cfg.renew_interval / 4)
                     continue
+                self.observer.renewed(time.monotonic() - now)
                 fence_at = self._fence_at(lease)
                 next_renew = lease.deadline - cfg.ttl + cfg.renew_interval
                 if self.child is not None:
                     self.watchdog.extend(self._kill_at(lease))
                 if renew_failing:
-                    log.info("renewed the lease again")
+                    log.info("renewed the lease again", extra={"event": "renewed"})
                     renew_failing = False
                 continue
             if self.child is None and now >= start_at:
@@ -303,6 +323,7 @@ class Supervisor:
             self._release(lease)
             raise  # the CLI prints it as the one error line, with its exit code
         self.watchdog.arm(self.child.pid, self._kill_at(lease))
+        self.observer.child_started(self.child.pid)
         self._enter(State.RUNNING, f"started the child, pid {self.child.pid}")
 
     def _reaped(self) -> None:
@@ -360,6 +381,7 @@ class Supervisor:
     def _release(self, lease: Lease) -> None:
         try:
             self.caller.call(self.backend.release, lease, timeout=self._call_timeout())
-            log.info("released %s", self.where)
+            log.info("released %s", self.where, extra={"event": "released"})
         except (BackendUnavailable, BackendRejected) as exc:
             log.warning("could not release the lease; it expires by itself: %s", exc)
+        self.observer.released()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,17 @@ def assert_one_clear_line(output: str, *needles: str) -> None:
         (["-b", "redis", "--url", f"redis://:{SECRET}@[::1", "--", "true"], 2, "malformed"),
         (["-b", "redis", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "redis URL must"),
         (["-b", "file", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "file backend"),
+        (["--log-format", "xml", "--", "true"], 2, "unknown log format 'xml'"),
+        (["--metrics-address", "9100", "--", "true"], 2, "--metrics-address must be HOST:PORT"),
+        (["--metrics-address", "h:99999", "--", "true"], 2, "--metrics-address must be"),
+        (["--metrics-address", "::1:9100", "--", "true"], 2, "IPv6 host in brackets"),
+        (["--status-file", "/nonexistent/s.json", "--", "true"], 2, "cannot write --status-file"),
+        (["--status-file", "/", "--", "true"], 2, "is a directory"),
+        (["status"], 2, "status needs --name"),
+        (["status", "--name", "x", "--timeout", "0"], 2, "--timeout must be positive"),
+        (["status", "--name", "x", "--jsn"], 2, "No such option: --jsn"),
+        (["status", "-b", "nope", "--name", "x"], 2, "unknown backend 'nope'"),
+        (["status", "-b", "redis", "--url", f"http://u:{SECRET}@h/", "-n", "x"], 2, "redis URL"),
         (["--", "/nonexistent/program"], 127, "command not found"),
         (["--", "/dev/null"], 126, "not executable"),
     ],
@@ -141,6 +153,30 @@ def test_missing_client_library_names_the_extra(tmp_path: Path) -> None:
     status, output = run("-b", "redis", "--", "true", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert status == 2, output
     assert_one_clear_line(output, "pip install 'coordinator[redis]'")
+
+
+def test_metrics_without_prometheus_client_names_the_extra(tmp_path: Path) -> None:
+    blocker = tmp_path / "prometheus_client.py"
+    blocker.write_text("raise ImportError('blocked for this test', name='prometheus_client')\n")
+    status, output = run(
+        *("--url", str(tmp_path), "--metrics-address", f"127.0.0.1:{free_port()}"),
+        *("--", "true"),
+        env={"PYTHONPATH": f"{tmp_path}:{ROOT}"},
+    )
+    assert status == 2, output
+    assert_one_clear_line(output, "pip install 'coordinator[metrics]'")
+
+
+def test_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, output = run(
+            "--url", str(tmp_path), "--metrics-address", f"127.0.0.1:{port}", "--", "true"
+        )
+    assert status == 2, output
+    assert_one_clear_line(output, f"cannot serve metrics on 127.0.0.1:{port}", "in use")
 
 
 def test_wait_timeout_exits_4(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ def test_help_shows_every_option_with_its_env_var() -> None:
         ("--safety-delay", "COORDINATOR_SAFETY_DELAY"),
         ("--key-prefix", "COORDINATOR_KEY_PREFIX"),
         ("--log-level", "COORDINATOR_LOG_LEVEL"),
+        ("--log-format", "COORDINATOR_LOG_FORMAT"),
+        ("--metrics-address", "COORDINATOR_METRICS_ADDRESS"),
+        ("--status-file", "COORDINATOR_STATUS_FILE"),
     ]:
         assert option in text and var in text, option
 

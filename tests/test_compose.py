@@ -1,0 +1,83 @@
+"""compose/docker-compose.yml stays honest: no Docker engine is needed to check that it
+parses, pins its images, checks its servers' health, runs three nodes per backend with
+valid settings, and hands the suite the same variables the suite reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coordinator.config import Config
+from tests.cluster import ROOT
+
+COMPOSE = Path(ROOT) / "compose" / "docker-compose.yml"
+
+
+def services() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    result: dict[str, Any] = data["services"]
+    return result
+
+
+def test_images_are_pinned_to_a_release() -> None:
+    for name, service in services().items():
+        image = service["image"]
+        if "build" in service:
+            assert (Path(ROOT) / service["build"]["dockerfile"]).exists(), name
+            continue
+        # A full release: major.minor.patch (PostgreSQL's releases have two numbers).
+        release = r"\d+\.\d+" if image.startswith("postgres:") else r"\d+\.\d+\.\d+"
+        assert re.fullmatch(rf"[\w./-]+:{release}(-[\w.]+)?", image), f"{name}: {image}"
+    dockerfile = (Path(ROOT) / "compose" / "Dockerfile").read_text()
+    [base] = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-[\w.-]+", base), base
+
+
+def test_every_service_that_others_wait_for_has_a_health_check() -> None:
+    all_services = services()
+    for name, service in all_services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert condition == {"condition": "service_healthy"}, name
+            assert "healthcheck" in all_services[dependency], dependency
+
+
+def test_three_nodes_per_backend_with_settings_the_program_accepts() -> None:
+    nodes: dict[str, list[str]] = {}
+    for name, service in services().items():
+        env = service.get("environment", {})
+        backend = env.get("COORDINATOR_BACKEND")
+        if backend is None:
+            continue
+        nodes.setdefault(backend, []).append(name)
+        assert service["init"] is True, name  # signals reach the supervisor, strays are reaped
+        assert "--metrics-address" in service["command"], name
+        command = service["command"]
+        child = tuple(command[command.index("--") + 1 :])
+        # The same validation the program runs at start (timing rule, consul minimum).
+        config = Config(
+            command=child,
+            backend=backend,
+            name="demo",
+            ttl=float(env["COORDINATOR_TTL"]),
+            grace=float(env["COORDINATOR_GRACE"]),
+        )
+        if backend == "consul":
+            assert config.ttl >= 10
+    assert {k: len(v) for k, v in nodes.items()} == {"redis": 3, "postgres": 3, "consul": 3}
+
+
+def test_the_test_service_uses_the_variables_the_suite_reads() -> None:
+    tests = services()["tests"]
+    assert tests["profiles"] == ["test"]
+    conftest = (Path(ROOT) / "tests" / "conftest.py").read_text()
+    read = set(re.findall(r'"(COORDINATOR_TEST_\w+_URL)"', conftest))
+    assert read == {
+        "COORDINATOR_TEST_REDIS_URL",
+        "COORDINATOR_TEST_POSTGRES_URL",
+        "COORDINATOR_TEST_CONSUL_URL",
+    }
+    assert set(tests["environment"]) == read
+    assert set(tests["depends_on"]) == {"redis", "postgres", "consul"}
