@@ -26,7 +26,7 @@ LOG_FORMATS = ("text", "json")
 
 # Why the node stopped leading, as passed with the stopping state; "other" covers
 # any path that gives no reason (an error while starting the child, a crash).
-REASONS = ("child_exited", "signal", "renewal_timeout", "lease_lost", "other")
+REASONS = ("child_exited", "signal", "renewal_timeout", "lease_lost", "paused", "other")
 
 
 class Observer:
