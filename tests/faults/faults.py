@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Callable
 
-from tests.cluster import alive
 from tests.faults.check import Event, Round, overlap
 from tests.faults.harness import NAME, Bench, Node, signal_all
 
@@ -187,7 +186,7 @@ def one_round(bench: Bench, fault: str, rng: random.Random) -> Round:
         bench.wait_start(new.pid, bench.takeover_bound())
         result.overlap = overlap(bench.events(), new.pid)
     for pid in known:
-        if alive(pid):
+        if bench.ours(pid):
             result.orphans += 1
             os.kill(pid, signal.SIGKILL)  # so that it does not spoil the next rounds
     result.problems += bench.restart_dead()

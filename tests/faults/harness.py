@@ -158,10 +158,15 @@ class Bench:
         """Every probe and grandchild that ever started."""
         return {e.pid for e in self.events() if e.kind in ("start", "violation", "grandchild")}
 
+    def ours(self, pid: int) -> bool:
+        """A live probe or grandchild of this bench. Pids are reused (pid_max may be
+        32768), so a pid from the records alone proves nothing."""
+        return alive(pid) and str(self.log) in cmdline(pid)
+
     def running(self) -> tuple[Node, Event] | None:
         """The node whose child started last, if that child is still alive."""
         starts = [e for e in self.events() if e.kind == "start"]
-        if not starts or not alive(starts[-1].pid):
+        if not starts or not self.ours(starts[-1].pid):
             return None
         for node in self.nodes:
             if node.process is not None and node.process.pid == starts[-1].ppid:
@@ -244,4 +249,4 @@ class Bench:
                     node.process.wait()
             if node.proxy is not None:
                 node.proxy.close()
-        signal_all([pid for pid in self.probe_pids() if alive(pid)], signal.SIGKILL)
+        signal_all([pid for pid in self.probe_pids() if self.ours(pid)], signal.SIGKILL)
