@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from coordinator.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, CoordinatorError
@@ -97,6 +98,37 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
-    def kill_stragglers(self) -> None:
-        """After the child is reaped, kill what is left of its process group."""
-        self.signal_group(signal.SIGKILL)
+    def kill_stragglers(self, timeout: float = 5.0) -> bool:
+        """After the child is reaped, kill what is left of its process group and wait
+        until none of it is alive: a dying process still runs and holds its files and
+        locks, so the lease must not be released before. False if some survived
+        `timeout` (uninterruptible sleep)."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return True  # the common case: nothing left, not even a zombie
+            except PermissionError:
+                pass
+            if not group_members(self.pid):
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes of group `pgid` that are not zombies (a zombie holds nothing)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members

@@ -329,7 +329,11 @@ class Supervisor:
     def _reaped(self) -> None:
         """The child was reaped: kill what is left of its group, stand the watchdog down."""
         assert self.child is not None
-        self.child.kill_stragglers()
+        if not self.child.kill_stragglers():
+            log.warning(
+                "processes of the child's group survived SIGKILL for 5s (uninterruptible "
+                "sleep?): going on without them"
+            )
         self.child = None
         self.watchdog.disarm()
 
@@ -374,7 +378,7 @@ class Supervisor:
             end = time.monotonic() + self.config.grace
             while self.child.poll() is None and time.monotonic() < end:
                 time.sleep(0.05)
-            self.child.kill_stragglers()
+            self.child.signal_group(signal.SIGKILL)
             self.child.process.wait()
             self._reaped()
 

@@ -160,8 +160,10 @@ class Bench:
 
     def ours(self, pid: int) -> bool:
         """A live probe or grandchild of this bench. Pids are reused (pid_max may be
-        32768), so a pid from the records alone proves nothing."""
-        return alive(pid) and str(self.log) in cmdline(pid)
+        32768), so a pid from the records alone proves nothing, and a supervisor's
+        command line names the probe too: the probe must be the program itself."""
+        argv = cmdline(pid).split(" ")
+        return alive(pid) and argv[1:3] == [PROBE, str(self.flock)]
 
     def running(self) -> tuple[Node, Event] | None:
         """The node whose child started last, if that child is still alive."""
