@@ -8,6 +8,7 @@ clock: a call that hangs past its deadline cannot keep the child running.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 from coordinator.errors import BackendUnavailable
 
 T = TypeVar("T")
+
+log = logging.getLogger("coordinator")
 
 FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING = (signal.SIGTERM, signal.SIGINT)
@@ -105,23 +108,52 @@ class Caller:
         self.events = events
 
     def call(
-        self, fn: Callable[..., T], *args: Any, timeout: float, interruptible: bool = False
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float,
+        interruptible: bool = False,
+        late: Callable[[T], object] | None = None,
     ) -> T:
+        """Run fn(*args) with a hard timeout. If the call is abandoned (timeout,
+        interruption) and then succeeds anyway, `late` gets its result on the worker
+        thread: an acquisition that won after we gave up must not stay held."""
         future: Future[T] = Future()
+        lock = threading.Lock()
+        abandoned = False
 
         def run() -> None:
             try:
-                future.set_result(fn(*args))
+                result, error = fn(*args), None
             except BaseException as exc:  # re-raised in the caller's thread
-                future.set_exception(exc)
+                result, error = None, exc
+            with lock:
+                deliver_late = abandoned and error is None and late is not None
+                if not abandoned:
+                    if error is None:
+                        future.set_result(result)  # type: ignore[arg-type]
+                    else:
+                        future.set_exception(error)
+            if deliver_late:
+                assert late is not None
+                try:
+                    late(result)  # type: ignore[arg-type]
+                except Exception as exc:  # best effort: the lease expires by itself
+                    log.debug("cleaning up after an abandoned call failed: %s", exc)
             self.events.wake()
 
         threading.Thread(target=run, name="backend-call", daemon=True).start()
         deadline = time.monotonic() + timeout
-        while not future.done():
-            if interruptible and any(s in STOPPING for s in self.events.pending):
+        while True:
+            with lock:
+                if future.done():
+                    break
+                stop = interruptible and any(s in STOPPING for s in self.events.pending)
+                left = deadline - time.monotonic()
+                if stop or left <= 0:
+                    abandoned = True
+            if stop:
                 raise Interrupted()
-            left = deadline - time.monotonic()
             if left <= 0:
                 name = getattr(fn, "__name__", "call")
                 raise CallTimeout(f"{name} got no answer within {timeout:.2f}s")

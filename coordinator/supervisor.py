@@ -154,7 +154,11 @@ class Supervisor:
             info = HolderInfo(node_id=cfg.node_id)
             try:
                 lease = self.caller.call(
-                    self.backend.acquire, cfg.name, info, timeout=self._call_timeout()
+                    self.backend.acquire,
+                    cfg.name,
+                    info,
+                    timeout=self._call_timeout(),
+                    late=self._release_late,
                 )
                 if lease is not None:
                     return lease
@@ -184,6 +188,13 @@ class Supervisor:
                     logging.WARNING,
                 )
                 self._pause(delay)
+
+    def _release_late(self, lease: Lease | None) -> None:
+        """An acquisition we gave up on succeeded after all: free it at once, or the
+        lock would stay taken with no child behind it until it expired."""
+        if lease is not None:
+            self.backend.release(lease)
+            log.info("an acquisition that had timed out succeeded late: released it")
 
     # -- holding ----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class ScriptedBackend(Backend):
         self.state_reset = state_reset
         self.calls: list[tuple[str, float]] = []
         self.leases: list[Lease] = []
+        self.released: list[str] = []
         self.unblock = threading.Event()
         self.token = 0
 
@@ -48,6 +49,8 @@ class ScriptedBackend(Backend):
             raise BackendRejected("scripted: wrong password")
         if step == "none":
             return None
+        if step == "slow":  # wins, but only after the supervisor gave up on the call
+            time.sleep(0.6)
         self.token += 1
         lease = Lease(name, f"t{self.token}", self.token, sent + TTL, self.state_reset)
         self.leases.append(lease)
@@ -70,6 +73,7 @@ class ScriptedBackend(Backend):
 
     def release(self, lease: Lease) -> None:
         self.calls.append(("release", time.monotonic()))
+        self.released.append(lease.token)
 
     def holder(self, name: str) -> HolderInfo | None:
         return None
@@ -161,3 +165,13 @@ def test_state_reset_waits_the_safety_delay(probe: Cluster) -> None:
     assert start.at - acquired_before >= 0.8
     # Renewals went on during the delay.
     assert [c for c, _ in backend.calls].count("renew") >= 1
+
+
+def test_an_acquisition_that_wins_after_its_timeout_is_released(probe: Cluster) -> None:
+    # The call timeout is ttl/6 = 0.25 s; the slow acquire wins after 0.6 s, when the
+    # supervisor has moved on. Left alone, that lock would be held with no child.
+    backend = ScriptedBackend(["slow"], [])
+    assert supervise(backend, probe, wait_timeout=1.2) == EXIT_WAIT_TIMEOUT
+    time.sleep(0.3)
+    assert backend.released == [backend.leases[0].token]
+    assert not probe.records()
