@@ -60,6 +60,7 @@ class BenchConsul(servers.ConsulServer):
 
     def start(self) -> None:
         if not self.binary.endswith("-bench"):
+            self.real_binary = self.binary
             extra = ["-hcl", f"limits {{ http_max_conns_per_client = {self.max_conns} }}"]
             self.binary = _wrapper(self.directory, self.binary, extra, None)
         super().start()
@@ -106,10 +107,11 @@ def start(kind: str, ttl: float, work: Path, clients: int) -> Server:
         (work / "redis").mkdir(exist_ok=True)
         redis = _guard(lambda: servers.RedisServer(work / "redis"))
         assert isinstance(redis, servers.RedisServer) and redis.process is not None
-        version = _version([redis.binary, "--version"])
+        words = _version([redis.binary, "--version"]).split()
+        version = " ".join(w.removeprefix("v=") for w in words[:3] if w != "server")
         return Server(kind, redis.url, ttl, version, redis.process.pid, redis.port, redis.close)
     if kind == "postgres":
-        pg = _guard(lambda: BenchPostgres(max_connections=clients * 2 + 50))
+        pg = _guard(lambda: BenchPostgres(max_connections=max(300, clients * 2 + 50)))
         assert isinstance(pg, BenchPostgres) and pg.process is not None
         try:
             # A server younger than the ttl makes every newcomer wait the safety delay.
@@ -123,10 +125,9 @@ def start(kind: str, ttl: float, work: Path, clients: int) -> Server:
     if kind == "consul":
         directory = work / "consul"
         directory.mkdir(exist_ok=True)
-        consul = _guard(lambda: BenchConsul(directory, max_conns=clients * 2 + 100))
+        consul = _guard(lambda: BenchConsul(directory, max_conns=max(200, clients * 2 + 100)))
         assert isinstance(consul, BenchConsul) and consul.process is not None
-        binary = consul.binary.removesuffix("-bench")
-        version = _version([binary, "version"]) + " (dev agent)"
+        version = _version([consul.real_binary, "version"]) + " (dev agent)"
         return Server(kind, consul.url, ttl, version, consul.process.pid, consul.port, consul.close)
     raise ValueError(f"unknown backend {kind!r}")
 

@@ -39,14 +39,15 @@ class Coordinator:
     label: str = "coordinator"
 
     def command(self, name: str, child: list[str]) -> tuple[list[str], dict[str, str]]:
+        # The URL goes in the environment: it may hold a password, and argv is public.
         argv = [
             *(sys.executable, "-m", "coordinator"),
-            *("--backend", self.backend, "--url", self.url, "--name", name),
+            *("--backend", self.backend, "--name", name),
             *("--ttl", f"{self.ttl:g}", "--grace", f"{self.grace:g}", *self.extra),
             "--",
             *child,
         ]
-        return argv, python_env(PYTHONPATH=str(ROOT))
+        return argv, python_env(PYTHONPATH=str(ROOT), COORDINATOR_URL=self.url)
 
     def standing_by(self, member: Member) -> bool:
         return "standing by" in member.output()

@@ -108,9 +108,10 @@ def pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.2f}%"
 
 
-def ratio(theirs: float, ours: float, bigger_is_worse: bool = True) -> str:
-    """How many times better we are: theirs/ours for costs and times."""
-    if ours <= 0 or theirs <= 0 or math.isnan(ours) or math.isnan(theirs):
+def ratio(theirs: float, ours: float, bigger_is_worse: bool = True, floor: float = 0.0) -> str:
+    """How many times better we are: theirs/ours for costs and times. Values at or
+    below `floor` (the measurement's resolution) give no ratio."""
+    if min(ours, theirs) <= floor or math.isnan(ours) or math.isnan(theirs):
         return "-"
     factor = theirs / ours if bigger_is_worse else ours / theirs
     return f"{factor:.1f}x better" if factor >= 1 else f"{1 / factor:.1f}x worse"
