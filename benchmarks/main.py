@@ -189,8 +189,16 @@ def with_url(kind: Kind, url: str) -> Kind:
     return SingleBeat(kind.executable, url, port, kind.ttl)
 
 
+class Tables(list[report.Table]):
+    """Tables in the order they are made; each is printed as soon as it is done."""
+
+    def append(self, table: report.Table) -> None:
+        super().append(table)
+        print(table.text() + "\n", flush=True)
+
+
 def run(plan: Plan, work: Path) -> list[report.Table]:
-    tables: list[report.Table] = []
+    tables = Tables()
     missing = backends.supported()
     hub = ProxyHub()
     clients = max(plan.standbys, default=10) + 10
@@ -223,8 +231,9 @@ def run(plan: Plan, work: Path) -> list[report.Table]:
                 if kind in plan.backends:
                     coord = Coordinator(kind, server.url, ttl, GRACE)
                     res = guarded(coord, "coordinator", server, plan, work / kind, hub)
-                    tables.append(table(res))
-                    tables[-1].notes.insert(0, f"server: {server.version}")
+                    done = table(res)
+                    done.notes.insert(0, f"server: {server.version}")
+                    tables.append(done)
                 if kind == "redis" and plan.single_beat:
                     theirs = Results(kind, "single-beat", ttl)
                     if sb_error:
@@ -252,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    info = machine.describe()
+    mode = "quick" if plan.quick else "full"
+    print("\n".join(f"{k}: {v}" for k, v in info) + f"\nmode: {mode}\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
     started = time.monotonic()
     try:
@@ -265,14 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
-    mode = "quick" if plan.quick else "full"
-    info = [*machine.describe(), ("mode", f"{mode}, {minutes:.1f} min")]
-    head = "\n".join(f"{k}: {v}" for k, v in info)
-    print(head + "\n")
-    print("\n\n".join(t.text() for t in tables))
     misses = sum(len(t.misses()) for t in tables)
-    print(f"\n{misses} target(s) missed" if misses else "\nevery target met")
+    print(f"{misses} target(s) missed" if misses else "every target met", end="")
+    print(f"; {mode} run, {minutes:.1f} min")
     if plan.markdown:
+        info.append(("run", f"{mode}, {minutes:.1f} min"))
         body = "\n".join(f"- {k}: {v}" for k, v in info)
         plan.markdown.write_text(body + "\n\n" + "\n".join(t.markdown() for t in tables))
     return 0

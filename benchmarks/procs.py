@@ -38,6 +38,11 @@ class Coordinator:
     extra: tuple[str, ...] = ()
     label: str = "coordinator"
 
+    @property
+    def beat(self) -> float:
+        """Seconds between two renewals of the holder."""
+        return self.ttl / 3
+
     def command(self, name: str, child: list[str]) -> tuple[list[str], dict[str, str]]:
         # The URL goes in the environment: it may hold a password, and argv is public.
         argv = [
@@ -62,6 +67,7 @@ class SingleBeat:
     port: int
     ttl: int
     label: str = "single-beat"
+    beat: float = 1.0  # SINGLE_BEAT_HEARTBEAT_INTERVAL, left at its default
 
     def command(self, name: str, child: list[str]) -> tuple[list[str], dict[str, str]]:
         env = python_env(

@@ -3,6 +3,7 @@ children's records, /proc and the counting proxies."""
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
@@ -190,13 +191,16 @@ def handoffs(
     return result
 
 
-def failovers(cluster: Cluster, rounds: int, timeout: float) -> Timings:
-    """kill -9 the holder; time until the next child's first act. Also counts children
-    left running by their killed supervisor."""
+def failovers(cluster: Cluster, rounds: int, timeout: float, seed: int = 6) -> Timings:
+    """kill -9 the holder at a random point between two of its renewals (a crash does
+    not wait for a good moment); time until the next child's first act. Also counts
+    children left running by their killed supervisor."""
     result = Timings()
+    rng = random.Random(seed)
     for i in range(rounds):
         try:
             holder, count = cluster.holder(), len(cluster.records())
+            time.sleep(rng.uniform(0, holder.kind.beat))
             child = cluster.records()[-1].pid
             started = time.monotonic()
             holder.proc.send_signal(signal.SIGKILL)
