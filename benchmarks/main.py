@@ -20,6 +20,7 @@ from benchmarks.procs import Cluster, Coordinator, Kind, SingleBeat
 from benchmarks.proxy import ProxyHub
 from benchmarks.results import GRACE, Results
 from benchmarks.scenarios import (
+    child_start,
     failovers,
     form,
     handoffs,
@@ -131,6 +132,7 @@ def measure(
     warm(kind, name("warm"), work, 3 * ttl + 10)
 
     log(f"{label} on {server.kind}: start to child exec")
+    res.child_start = child_start(work, 5)
     names = (lambda i: name(f"start-{i}")) if is_sb else (lambda i: NAME)
     res.start = start_to_exec(kind, names, work, min(plan.rounds, 10), 3 * ttl + 10)
 

@@ -21,6 +21,7 @@ class Results:
     failover: Timings = field(default_factory=Timings)
     scale: list[Scale] = field(default_factory=list)
     server_alone_cpu: float | None = None  # the backend's CPU with no client
+    child_start: list[float] = field(default_factory=list)  # the child alone
     skipped: str = ""
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from benchmarks import report, singlebeat
-from benchmarks.measure import TICK
+from benchmarks.measure import TICK, percentile
 from benchmarks.results import GRACE, Results, p50, p99
 
 
@@ -145,6 +145,12 @@ def table(res: Results) -> report.Table:
         )
     if s.error:
         t.notes.append(f"start: {s.error}")
+    if res.child_start:
+        alone = report.ms(percentile(res.child_start, 50))
+        t.notes.append(
+            f"the child alone, spawned directly, takes {alone} (p50) to its first act; "
+            "handoff, failover and start times include that"
+        )
     if res.scale and res.server_alone_cpu is not None:
         t.add("backend CPU with no client (server alone)", report.pct(res.server_alone_cpu))
     for sc in res.scale:
