@@ -20,6 +20,7 @@ from benchmarks.procs import Cluster, Coordinator, Kind, SingleBeat
 from benchmarks.proxy import ProxyHub
 from benchmarks.results import GRACE, Results
 from benchmarks.scenarios import (
+    Idle,
     child_start,
     failovers,
     form,
@@ -33,6 +34,7 @@ from benchmarks.scenarios import (
 from benchmarks.tables import comparison, table
 
 ALL = ("redis", "postgres", "consul", "file")
+SCENARIOS = ("start", "idle", "handoff", "failover", "scale")
 NAME = "bench"
 
 
@@ -47,6 +49,7 @@ class Plan:
     single_beat: bool
     markdown: Path | None
     keep: bool
+    only: tuple[str, ...] = SCENARIOS
 
     def ttl_for(self, kind: str) -> float:
         return max(10.0, self.ttl) if kind == "consul" else self.ttl
@@ -83,8 +86,17 @@ def parse(argv: list[str]) -> Plan:
     parser.add_argument("--quick", action="store_true", help="few rounds, 10 standbys")
     parser.add_argument("--backends", default=",".join(ALL), help="comma-separated (%(default)s)")
     parser.add_argument("--rounds", type=int, help="handoff and start rounds (20; quick: 5)")
-    parser.add_argument("--failover-rounds", type=int, help="kill -9 rounds (9; quick: 2)")
-    parser.add_argument("--standbys", help="standby counts for the scale test (100,400; quick: 10)")
+    parser.add_argument(
+        "--failover-rounds", type=int, help="kill -9 rounds (8; quick: 2; consul: a third)"
+    )
+    parser.add_argument(
+        "--standbys",
+        help="standby counts for the scale test on redis and postgres; consul takes the "
+        "first (100,500; quick: 10)",
+    )
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios to run (all: {','.join(SCENARIOS)})"
+    )
     parser.add_argument("--ttl", type=float, default=5.0, help="lease ttl (consul: at least 10)")
     parser.add_argument("--no-single-beat", action="store_true", help="skip the comparison")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
@@ -94,6 +106,9 @@ def parse(argv: list[str]) -> Plan:
     unknown = [k for k in kinds if k not in ALL]
     if unknown:
         parser.error(f"unknown backend {', '.join(unknown)} (choose from {', '.join(ALL)})")
+    only = tuple(k.strip() for k in (args.only or ",".join(SCENARIOS)).split(",") if k.strip())
+    if unknown := [k for k in only if k not in SCENARIOS]:
+        parser.error(f"unknown scenario {', '.join(unknown)} (choose from {', '.join(SCENARIOS)})")
     quick = bool(args.quick)
     standbys = args.standbys or ("10" if quick else "100,500")
     return Plan(
@@ -106,6 +121,7 @@ def parse(argv: list[str]) -> Plan:
         single_beat=not args.no_single_beat,
         markdown=args.markdown,
         keep=args.keep,
+        only=only,
     )
 
 
@@ -116,8 +132,7 @@ def measure(
     ttl = server.ttl
     res = Results(server.kind, label, ttl)
     is_sb = isinstance(kind, SingleBeat)
-    rounds = plan.single_beat_rounds if is_sb else plan.rounds
-    if server.pid and not is_sb:
+    if server.pid and not is_sb and "scale" in plan.only:
         before, started = tree_cpu_seconds(server.pid), time.monotonic()
         time.sleep(3.0 if plan.quick else 10.0)
         res.server_alone_cpu = (tree_cpu_seconds(server.pid) - before) / (
@@ -131,36 +146,17 @@ def measure(
 
     warm(kind, name("warm"), work, 3 * ttl + 10)
 
-    log(f"{label} on {server.kind}: start to child exec")
-    res.child_start = child_start(work, 5)
-    names = (lambda i: name(f"start-{i}")) if is_sb else (lambda i: NAME)
-    res.start = start_to_exec(kind, names, work, min(plan.rounds, 10), 3 * ttl + 10)
-
-    log(f"{label} on {server.kind}: idle holder and standbys")
-    proxies = None
-    holder_kind, standby_kind = kind, kind
-    if server.port is not None:
-        proxies = (hub.add(server.port, server.kind), hub.add(server.port, server.kind))
-        holder_kind, standby_kind = (
-            with_url(kind, backends.with_port(server.url, p.port)) for p in proxies
-        )
-    window = plan.idle_window(server.kind)
-    res.idle = idle(holder_kind, standby_kind, name("idle"), work, 2, window, ttl, proxies)
-
-    log(f"{label} on {server.kind}: {rounds} graceful handoffs")
-    cluster = Cluster(kind, name("ha"), work / "ha")
-    try:
-        form(cluster, 2, ttl)
-        res.handoff = handoffs(cluster, rounds, 3 * ttl + 10)
-        fo_rounds = plan.single_beat_rounds if is_sb else plan.failovers_for(server.kind)
-        log(f"{label} on {server.kind}: {fo_rounds} crash failovers (kill -9)")
-        res.failover = failovers(cluster, fo_rounds, 3 * ttl + 20)
-    except (TimeoutError, RuntimeError) as exc:
-        res.handoff.error = res.handoff.error or str(exc)
-    finally:
-        cluster.stop_all()
-
-    counts = plan.standbys_for(server.kind)
+    if "start" in plan.only:
+        log(f"{label} on {server.kind}: start to child exec")
+        res.child_start = child_start(work, 5)
+        names = (lambda i: name(f"start-{i}")) if is_sb else (lambda i: NAME)
+        res.start = start_to_exec(kind, names, work, min(plan.rounds, 10), 3 * ttl + 10)
+    if "idle" in plan.only:
+        log(f"{label} on {server.kind}: idle holder and standbys")
+        res.idle = measure_idle(kind, server, plan, work, hub, name("idle"))
+    if "handoff" in plan.only or "failover" in plan.only:
+        measure_takeovers(kind, label, server, plan, work, res, name("ha"))
+    counts = plan.standbys_for(server.kind) if "scale" in plan.only else []
     if is_sb:  # one count, and none in quick mode: its handoffs take a ttl each
         counts = [] if plan.quick else counts[:1]
     for n in counts:
@@ -169,6 +165,49 @@ def measure(
         window = max(10.0, ttl) if plan.quick else max(15.0, 2 * ttl)
         res.scale.append(scale(kind, name("scale"), work, n, rounds, window, ttl, server.pid))
     return res
+
+
+def measure_idle(
+    kind: Kind, server: backends.Server, plan: Plan, work: Path, hub: ProxyHub, name: str
+) -> Idle:
+    """The holder and the standbys each behind their own counting proxy."""
+    proxies = None
+    holder_kind, standby_kind = kind, kind
+    if server.port is not None:
+        proxies = (hub.add(server.port, server.kind), hub.add(server.port, server.kind))
+        holder_kind, standby_kind = (
+            with_url(kind, backends.with_port(server.url, p.port)) for p in proxies
+        )
+    window = plan.idle_window(server.kind)
+    return idle(holder_kind, standby_kind, name, work, 2, window, server.ttl, proxies)
+
+
+def measure_takeovers(
+    kind: Kind,
+    label: str,
+    server: backends.Server,
+    plan: Plan,
+    work: Path,
+    res: Results,
+    name: str,
+) -> None:
+    """Graceful handoffs, then crash failovers, in one cluster of three supervisors."""
+    is_sb, ttl = isinstance(kind, SingleBeat), server.ttl
+    cluster = Cluster(kind, name, work / "ha")
+    try:
+        form(cluster, 2, ttl)
+        if "handoff" in plan.only:
+            rounds = plan.single_beat_rounds if is_sb else plan.rounds
+            log(f"{label} on {server.kind}: {rounds} graceful handoffs")
+            res.handoff = handoffs(cluster, rounds, 3 * ttl + 10)
+        if "failover" in plan.only:
+            rounds = plan.single_beat_rounds if is_sb else plan.failovers_for(server.kind)
+            log(f"{label} on {server.kind}: {rounds} crash failovers (kill -9)")
+            res.failover = failovers(cluster, rounds, 3 * ttl + 20)
+    except (TimeoutError, RuntimeError) as exc:
+        res.handoff.error = res.handoff.error or str(exc)
+    finally:
+        cluster.stop_all()
 
 
 def guarded(

@@ -195,15 +195,18 @@ class Cluster:
     def ready(self, member: Member) -> bool:
         return member.proc.poll() is None and member.kind.standing_by(member)
 
-    def wait_ready(self, members: list[Member], timeout: float) -> None:
+    def wait_ready(self, members: list[Member], timeout: float, allow_exits: bool = False) -> None:
+        """Wait until every member stands by. A member that exits meanwhile is an error,
+        or with `allow_exits` (killed from outside, on a shared machine) left out."""
         end = time.monotonic() + timeout
         pending = list(members)
         while pending:
             pending = [m for m in pending if not self.ready(m)]
             for m in pending:
-                if m.proc.poll() is not None:
+                if m.proc.poll() is not None and not allow_exits:
                     tail = m.output()[-400:]
                     raise RuntimeError(f"{self.name}: a supervisor exited early: {tail}")
+            pending = [m for m in pending if m.proc.poll() is None]
             if pending and time.monotonic() > end:
                 raise TimeoutError(f"{self.name}: {len(pending)} supervisors not standing by")
             time.sleep(0.05)

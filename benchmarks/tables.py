@@ -64,36 +64,9 @@ def fmt_pair(a: float, b: float) -> str:
     return f"{a:.2f} / {b:.2f} s"
 
 
-def table(res: Results) -> report.Table:
-    ttl = res.ttl
-    t = report.Table(f"{res.label} on {res.kind} (ttl {ttl:g} s, grace {GRACE:g} s)")
-    if res.skipped:
-        t.add("all", f"not run: {res.skipped}")
-        return t
-    h = res.handoff
-    if h.samples:
-        t.add(
-            f"graceful handoff p50 / p99 (n={len(h.samples)})",
-            fmt_pair(p50(h), p99(h)),
-            "p50 < 100 ms",
-            p50(h) < 0.1,
-            why("handoff", res.kind),
-        )
-    if h.error:
-        t.notes.append(f"handoff: {h.error}")
-    f = res.failover
-    target, bound = failover_target(res.kind, ttl)
-    if f.samples:
-        t.add(
-            f"crash failover p50 / p99 (n={len(f.samples)}, kill -9)",
-            fmt_pair(p50(f), p99(f)),
-            target or "-",
-            p50(f) < bound if target else None,
-            why("failover", res.kind),
-        )
-    if f.error:
-        t.notes.append(f"failover: {f.error}")
-    i = res.idle
+def idle_rows(t: report.Table, res: Results) -> None:
+    """Requests, memory and CPU of the idle holder and standbys."""
+    i, ttl = res.idle, res.ttl
     if i.counted and not i.error:
         holder, standby = i.per_ttl(i.holder_ops, 1), i.per_ttl(i.standby_ops, i.standbys)
         t.add(
@@ -134,6 +107,39 @@ def table(res: Results) -> report.Table:
             "idle CPU holder / standby (of one core)",
             f"{cpu(i.holder_cpu, i.window)} / {cpu(i.standby_cpu, i.window)}",
         )
+
+
+def table(res: Results) -> report.Table:
+    ttl = res.ttl
+    t = report.Table(f"{res.label} on {res.kind} (ttl {ttl:g} s, grace {GRACE:g} s)")
+    if res.skipped:
+        t.add("all", f"not run: {res.skipped}")
+        return t
+    h = res.handoff
+    if h.samples:
+        t.add(
+            f"graceful handoff p50 / p99 (n={len(h.samples)})",
+            fmt_pair(p50(h), p99(h)),
+            "p50 < 100 ms",
+            p50(h) < 0.1,
+            why("handoff", res.kind),
+        )
+    if h.error:
+        t.notes.append(f"handoff: {h.error}")
+    f = res.failover
+    target, bound = failover_target(res.kind, ttl)
+    if f.samples:
+        t.add(
+            f"crash failover p50 / p99 (n={len(f.samples)}, kill -9)",
+            fmt_pair(p50(f), p99(f)),
+            target or "-",
+            p50(f) < bound if target else None,
+            why("failover", res.kind),
+        )
+    if f.error:
+        t.notes.append(f"failover: {f.error}")
+    if res.idle.window > 0:
+        idle_rows(t, res)
     s = res.start
     if s.samples:
         t.add(
@@ -178,11 +184,23 @@ def table(res: Results) -> report.Table:
         )
         if sc.stopped_early:
             t.notes.append(f"scale {sc.wanted}: {sc.stopped_early}")
+        if sc.handoffs.lost:
+            t.notes.append(
+                f"scale {sc.wanted}: {sc.handoffs.lost} rounds skipped: the holder had died "
+                "without being told to"
+            )
+        if sc.lost:
+            t.notes.append(f"scale {sc.wanted}: {sc.lost}; the rows count the others")
         if sc.spawn_seconds:
             t.notes.append(f"scale {sc.wanted}: {n} standbys started in {sc.spawn_seconds:.0f} s")
     events = len(h.samples) + len(f.samples) + sum(len(sc.handoffs.samples) for sc in res.scale)
     overlaps = h.overlaps + f.overlaps + sum(sc.handoffs.overlaps for sc in res.scale)
-    t.add("two children at once", f"{overlaps} in {events} takeovers", "0", overlaps == 0)
+    t.add(
+        "two children at once",
+        f"{overlaps} in {events} takeovers",
+        "0",
+        overlaps == 0 if events else None,
+    )
     t.add(
         "child left running after kill -9 of its supervisor",
         f"{f.orphans} of {len(f.samples)}",
@@ -222,7 +240,9 @@ def comparison(ours: Results, theirs: Results) -> report.Comparison:
         report.duration(p50(theirs.handoff)),
         report.ratio(p50(theirs.handoff), p50(ours.handoff)),
         ">= 25x faster",
-        p50(theirs.handoff) >= 25 * p50(ours.handoff),
+        p50(theirs.handoff) >= 25 * p50(ours.handoff)
+        if ours.handoff.samples and theirs.handoff.samples
+        else None,
     )
     c.compare(
         "crash failover p50",
