@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     info = machine.describe()
     mode = "quick" if plan.quick else "full"
+    if plan.only != SCENARIOS:
+        mode += f", only {','.join(plan.only)}"
     print("\n".join(f"{k}: {v}" for k, v in info) + f"\nmode: {mode}\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
     started = time.monotonic()

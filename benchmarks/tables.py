@@ -47,8 +47,17 @@ WHY: dict[str, dict[str, str]] = {
     "handoff": {"": "see docs/benchmarks.md"},
     "failover": {"": "see docs/benchmarks.md"},
     "scale": {
-        "": "every standby wakes at once on a release and the new child waits for CPU "
-        "on this 2-core machine",
+        "redis": "a release wakes every standby at once (pub/sub) and each runs its acquire "
+        "script: the new child waits for CPU among them on this 2-core machine",
+        "consul": "a release ends every standby's blocking query at once; each reads the "
+        "key, creates a session, sends a transaction and destroys its session",
+        "postgres": "the server is busy with deadlock checks (see backend CPU), and an "
+        "acquisition that outlives its call timeout leaves the lock with a standby that "
+        "does not know it holds it, until the server drops that session",
+    },
+    "backend_cpu": {
+        "postgres": "every session queued on the advisory lock runs PostgreSQL's deadlock "
+        "check after deadlock_timeout (1 s), and the check grows with the queue",
     },
 }
 
@@ -177,11 +186,13 @@ def table(res: Results) -> report.Table:
                 f"{report.pct(sc.backend_idle_cpu)} / {report.pct(sc.backend_handoff_cpu)}",
                 "idle < 10% of a core",
                 sc.backend_idle_cpu < 0.10,
+                why("backend_cpu", res.kind),
             )
-        t.add(
-            f"{prefix}: all standbys' CPU together, idle",
-            f"{cpu(sc.standbys_cpu, sc.window)} ({sc.supervisor_rss:.1f} MiB RSS each)",
-        )
+        if sc.supervisor_rss:  # measured to the end of the idle window
+            t.add(
+                f"{prefix}: all standbys' CPU together, idle",
+                f"{cpu(sc.standbys_cpu, sc.window)} ({sc.supervisor_rss:.1f} MiB RSS each)",
+            )
         if sc.stopped_early:
             t.notes.append(f"scale {sc.wanted}: {sc.stopped_early}")
         if sc.handoffs.lost:
