@@ -1,0 +1,1 @@
+"""Benchmarks: handoff, failover, cost and scale, side by side with single-beat."""

@@ -1,0 +1,40 @@
+"""single-beat, the tool compared against: installed from PyPI into its own
+virtualenv under the cache directory, once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VERSION = "0.6.3"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("COORDINATOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coordinator"
+    )
+    return Path(base) / "bench"
+
+
+def install() -> str:
+    """The path of the single-beat executable; raises RuntimeError saying why not."""
+    venv = cache_dir() / f"single-beat-{VERSION}"
+    executable = venv / "bin" / "single-beat"
+    if executable.exists():
+        return str(executable)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    steps = [
+        [base, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"single-beat=={VERSION}"],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise RuntimeError(f"could not install single-beat {VERSION}: {' '.join(lines[-2:])}")
+    if not executable.exists():
+        raise RuntimeError(f"single-beat {VERSION} installed no single-beat command")
+    return str(executable)
