@@ -51,9 +51,8 @@ WHY: dict[str, dict[str, str]] = {
         "script: the new child waits for CPU among them on this 2-core machine",
         "consul": "a release ends every standby's blocking query at once; each reads the "
         "key, creates a session, sends a transaction and destroys its session",
-        "postgres": "the server is busy with deadlock checks (see backend CPU), and an "
-        "acquisition that outlives its call timeout leaves the lock with a standby that "
-        "does not know it holds it, until the server drops that session",
+        "postgres": "the server is busy with deadlock checks (see backend CPU), so some "
+        "standbys' calls run past their timeout and are retried",
     },
     "backend_cpu": {
         "postgres": "every session queued on the advisory lock runs PostgreSQL's deadlock "
