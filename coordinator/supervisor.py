@@ -32,6 +32,8 @@ log = logging.getLogger("coordinator")
 
 # Sleeping this much longer than planned means the process was stopped or starved.
 PAUSE_NOTICE = 1.0
+# How often a holder whose backend is not ready for a child yet renews to ask again.
+READY_POLL = 0.2
 
 
 class State(Enum):
@@ -311,10 +313,14 @@ class Supervisor:
                     renew_failing = False
                 continue
             if self.child is None and now >= start_at:
-                self._start_child(lease)
-                continue
+                if lease.ready:
+                    self._start_child(lease)
+                    continue
+                # Renew soon: the backend may be ready (postgres: the beacon) by then.
+                log.debug("the backend is not ready for a child yet: renewing soon")
+                next_renew = min(next_renew, now + READY_POLL)
             wake_at = min(fence_at, next_renew)
-            if self.child is None:
+            if self.child is None and lease.ready:
                 wake_at = min(wake_at, start_at)
             watch = self.backend.watch_fd() if now >= watch_quiet_until else None
             woke = self.events.sleep(wake_at - time.monotonic(), watch)

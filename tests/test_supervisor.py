@@ -52,7 +52,8 @@ class ScriptedBackend(Backend):
         if step == "slow":  # wins, but only after the supervisor gave up on the call
             time.sleep(0.6)
         self.token += 1
-        lease = Lease(name, f"t{self.token}", self.token, sent + TTL, self.state_reset)
+        ready = step != "unready"
+        lease = Lease(name, f"t{self.token}", self.token, sent + TTL, self.state_reset, ready)
         self.leases.append(lease)
         return lease
 
@@ -67,7 +68,8 @@ class ScriptedBackend(Backend):
             raise BackendUnavailable("scripted outage")
         if step == "lost":
             raise LeaseLost("scripted: not yours")
-        renewed = Lease(lease.name, lease.token, lease.fencing_token, sent + TTL)
+        ready = step != "unready"
+        renewed = Lease(lease.name, lease.token, lease.fencing_token, sent + TTL, ready=ready)
         self.leases.append(renewed)
         return renewed
 
@@ -175,3 +177,15 @@ def test_an_acquisition_that_wins_after_its_timeout_is_released(probe: Cluster) 
     time.sleep(0.3)
     assert backend.released == [backend.leases[0].token]
     assert not probe.records()
+
+
+def test_the_child_waits_until_the_backend_is_ready(probe: Cluster) -> None:
+    # PostgreSQL's case: an earlier holder's "child running" beacon is still taken, so
+    # a child started now could not be seen by newcomers if this lock were lost.
+    backend = ScriptedBackend(["unready"], ["unready", "unready", "ok"])
+    assert supervise(backend, probe, "--exit-soon", wait_timeout=5.0) == 0
+    [start] = probe.starts()
+    renewals = [t for c, t in backend.calls if c == "renew"]
+    assert len(renewals) >= 3
+    assert start.at > renewals[2], "the child started before the backend was ready"
+    assert renewals[2] - backend.calls[0][1] < 1.0  # polled, not at the renew interval

@@ -77,6 +77,10 @@ class Lease:
     # while still running (the lock state was lost); it says why. The supervisor then
     # waits its safety delay before starting the child.
     state_reset: str = ""
+    # False while the backend cannot yet tell newcomers that a child runs under this
+    # lease (postgres: an earlier holder's "child running" beacon is still taken). The
+    # supervisor keeps renewing, and starts the child only once it is True.
+    ready: bool = True
 
 
 class Backend(abc.ABC):

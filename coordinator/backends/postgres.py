@@ -241,7 +241,9 @@ class PostgresBackend(Backend):
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         token = secrets.token_hex(16)
         self._held[name] = Held(token, key, beacon, now_pid, bool(beacon_free))
-        return Lease(name, token, int(fencing), sent + self.ttl, state_reset=reset)
+        return Lease(
+            name, token, int(fencing), sent + self.ttl, state_reset=reset, ready=bool(beacon_free)
+        )
 
     def renew(self, lease: Lease) -> Lease:
         held = self._held.get(lease.name)
@@ -261,7 +263,9 @@ class PostgresBackend(Backend):
             self._drop("_lock_conn")
             raise LeaseLost("the server no longer grants the lock to this session")
         self._renew_beacon(held)
-        return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
+        return Lease(
+            lease.name, lease.token, lease.fencing_token, sent + self.ttl, ready=held.beacon_held
+        )
 
     def _renew_beacon(self, held: Held) -> None:
         """Keep the beacon session alive (it has the same idle timeout), and take the
