@@ -141,8 +141,16 @@ class Bench:
     def start(self, node: Node) -> None:
         out = open(self.tmp / f"node{node.index}.log", "ab")  # noqa: SIM115 - the child owns it
         try:
+            # A session of its own, as under a service manager: in the runner's process
+            # group, a paused supervisor would get SIGHUP and SIGCONT from the kernel
+            # whenever another member (a server process) exits, since that group is
+            # orphaned (POSIX job control), and the SIGHUP would go on to the child.
             node.process = subprocess.Popen(
-                self.command(node), stdout=out, stderr=subprocess.STDOUT, env=cli_env()
+                self.command(node),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=cli_env(),
+                start_new_session=True,
             )
         finally:
             out.close()
