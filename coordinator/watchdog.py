@@ -90,7 +90,8 @@ class Watchdog:
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self._pipe: IO[bytes] | None = None
-        self._state = "idle"
+        self._pgid = 0  # the child's process group while one runs, else 0
+        self._kill_at = math.inf
 
     def _start(self) -> None:
         read, write = os.pipe()
@@ -106,6 +107,10 @@ class Watchdog:
         os.set_blocking(write, False)  # never stall the supervisor on a stuck watchdog
         self._pipe = os.fdopen(write, "wb", buffering=0)
 
+    def _state(self) -> str:
+        """The whole story in one line, for a watchdog that starts late in it."""
+        return f"run {self._pgid} {self._kill_at:.6f}" if self._pgid else "idle"
+
     def _send(self, line: str) -> None:
         for attempt in (1, 2):
             if self._pipe is None:
@@ -117,7 +122,7 @@ class Watchdog:
             except BrokenPipeError:
                 # It died (killed by hand?): start another and tell it the whole story.
                 self._drop()
-                line = self._state
+                line = self._state()
                 if attempt == 2:
                     raise
             except BlockingIOError:
@@ -125,18 +130,17 @@ class Watchdog:
                 return
 
     def arm(self, pgid: int, kill_at: float) -> None:
-        self._state = f"run {pgid} {kill_at:.6f}"
-        self._send(self._state)
+        self._pgid, self._kill_at = pgid, kill_at
+        self._send(self._state())
 
     def extend(self, kill_at: float) -> None:
-        if self._state.startswith("run "):
-            pgid = self._state.split()[1]
-            self._state = f"run {pgid} {kill_at:.6f}"
+        if self._pgid:
+            self._kill_at = kill_at
             self._send(f"until {kill_at:.6f}")
 
     def disarm(self) -> None:
-        if self._state != "idle":
-            self._state = "idle"
+        if self._pgid:
+            self._pgid = 0
             self._send("idle")
 
     def _drop(self) -> None:
