@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from coordinator.child import processes
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -25,20 +27,12 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / TICK
 
 
-def parent_of(pid: int) -> int:
-    return int(_stat_fields(pid)[1])
-
-
 def tree_cpu_seconds(root: int) -> float:
     """CPU of a process and all its live descendants, plus what their reaped children
     used: a multi-process server (PostgreSQL forks one process per connection)."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                children.setdefault(parent_of(int(entry.name)), []).append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
+    for pid, fields in processes():
+        children.setdefault(int(fields[1]), []).append(pid)
     tree, frontier = {root}, [root]
     while frontier:
         for pid in children.get(frontier.pop(), []):
@@ -87,11 +81,3 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    try:
-        return _stat_fields(pid)[0] != "Z"
-    except (OSError, IndexError):
-        return False

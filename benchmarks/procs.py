@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.measure import alive
 from benchmarks.singlebeat import cache_dir
+from coordinator.child import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = str(Path(__file__).with_name("child.py"))

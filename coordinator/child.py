@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from coordinator.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, CoordinatorError
 
@@ -118,17 +118,28 @@ class Child:
             time.sleep(0.005)
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, pgrp, ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:  # gone, or going while we read
+        return None
+
+
+def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process with its stat fields, from /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(entry)) is not None:
+            yield int(entry), fields
+
+
 def group_members(pgid: int) -> list[int]:
     """Processes of group `pgid` that are not zombies (a zombie holds nothing)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, fields in processes() if int(fields[2]) == pgid and fields[0] != "Z"]

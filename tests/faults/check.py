@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.measure import percentile
+
 
 @dataclass(frozen=True)
 class Event:
@@ -67,12 +69,6 @@ class Round:
     ran_after_resume: float | None = None  # node pause: the old child's life after SIGCONT
     orphans: int = 0
     problems: list[str] = field(default_factory=list)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank; with few values p99 is the largest."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 @dataclass

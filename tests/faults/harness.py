@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from coordinator.child import processes
 from tests.cluster import PROBE, alive, cli_env
 from tests.faults.check import Event, read_events
 from tests.faults.proxy import Proxy
@@ -28,17 +29,8 @@ NAME = "faults"
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                continue
-    return found
+    """Direct children of `pid`."""
+    return [child for child, fields in processes() if int(fields[1]) == pid]
 
 
 def cmdline(pid: int) -> str:
