@@ -78,6 +78,14 @@ def redact_conninfo(conninfo: str) -> str:
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)
 
 
+def scrub(message: str, conninfo: str) -> str:
+    """libpq's message about `conninfo`, which may quote the URI or a part of it, with
+    the URI and its password hidden."""
+    message = message.replace(conninfo, redact_conninfo(conninfo))
+    secret = re.match(r"[^:/]+://[^/@]*?:([^@/]+)@", conninfo)
+    return message.replace(secret.group(1), "***") if secret else message
+
+
 def first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return "; ".join(lines[:2]) or type(exc).__name__
@@ -348,7 +356,8 @@ def create(config: Config) -> Backend:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
         raise ConfigError(
-            f"malformed postgres URL {redact_conninfo(conninfo)!r}: {first_line(exc)}"
+            f"malformed postgres URL {redact_conninfo(conninfo)!r}: "
+            f"{scrub(first_line(exc), conninfo)}"
         ) from exc
     if "://" in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
