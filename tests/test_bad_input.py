@@ -45,6 +45,7 @@ def assert_one_clear_line(output: str, *needles: str) -> None:
         (["-b", "redis", "--url", f"redis://:{SECRET}@[::1", "--", "true"], 2, "malformed"),
         (["-b", "redis", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "redis URL must"),
         (["-b", "postgres", "--url", f"postgresql://u:{SECRET}@[::1", "--", "x"], 2, "malformed"),
+        (["-b", "consul", "--url", f"http://u:{SECRET}@[::1", "--", "x"], 2, "malformed consul"),
         (["-b", "file", "--url", f"http://u:{SECRET}@h/", "--", "true"], 2, "file backend"),
         (["--log-format", "xml", "--", "true"], 2, "unknown log format 'xml'"),
         (["--metrics-address", "9100", "--", "true"], 2, "--metrics-address must be HOST:PORT"),

@@ -59,13 +59,13 @@ class ConsulBackend(Backend):
         node_check: bool,
         node: str,
     ) -> None:
-        parts = urlsplit(address)
-        if not parts.hostname:
-            raise ConfigError(f"malformed consul address {redact_url(address)!r}")
-        try:
+        try:  # an unclosed IPv6 bracket or a bad port raise ValueError
+            parts = urlsplit(address)
             port = parts.port or (443 if parts.scheme == "https" else 8500)
         except ValueError as exc:
             raise ConfigError(f"malformed consul address {redact_url(address)!r}") from exc
+        if not parts.hostname:
+            raise ConfigError(f"malformed consul address {redact_url(address)!r}")
         self.where = redact_url(address)
         verify: bool | str = True
         if os.environ.get("CONSUL_CACERT"):
