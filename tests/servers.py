@@ -187,14 +187,15 @@ class PostgresServer(ServerProcess):
     def url(self) -> str:
         return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{self.DATABASE}"
 
-    def sql(self, statements: str) -> list[tuple[object, ...]]:
+    def sql(self, statements: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """Run as the superuser, in `database`."""
         import psycopg
 
         with psycopg.connect(
             host=str(self.directory),
             port=self.port,
             user="postgres",
-            dbname="postgres",
+            dbname=database,
             autocommit=True,
         ) as conn:
             rows: list[tuple[object, ...]] = []

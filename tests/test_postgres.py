@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.backends.postgres import key_parts, lock_key
+from coordinator.backends.base import HolderInfo, Lease
+from coordinator.backends.postgres import PostgresBackend, key_parts, lock_key
+from coordinator.errors import BackendUnavailable
 from tests.cluster import Cluster, alive, run_cli, spawn_cli, wait_until
 from tests.servers import PostgresServer
 
@@ -212,3 +214,55 @@ def test_malformed_url_is_a_usage_error() -> None:
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
     assert SECRET not in out and "Traceback" not in out
+
+
+def acquire_ready(server: PostgresServer) -> tuple[PostgresBackend, Lease]:
+    """A lease as a supervisor would start a child on it: acquired, and ready."""
+    deadline = time.monotonic() + 20
+    while True:
+        backend = PostgresBackend(server.url, ttl=3.0, timeout=2.0, prefix="t/", node="n")
+        try:
+            lease = backend.acquire("fence", HolderInfo(node_id="n"))
+            assert lease is not None
+            while not lease.ready:
+                time.sleep(0.05)
+                lease = backend.renew(lease)
+            return backend, lease
+        except BackendUnavailable:  # still recovering from the crash
+            backend.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+EMIT_MESSAGE = [
+    "pg_logical_emit_message(boolean, text, text)",
+    "pg_logical_emit_message(boolean, text, bytea)",
+]
+
+
+@pytest.mark.parametrize("emit", [True, False], ids=["logical-message", "wait-for-flush"])
+def test_a_crash_never_hands_out_a_fencing_token_twice(server: PostgresServer, emit: bool) -> None:
+    """Transaction ids whose commit had not reached the disk are reused after a crash;
+    the token's commit must be durable before a child may use it. Where
+    pg_logical_emit_message is not executable, the holder waits for the WAL flush."""
+    revoke = ";".join(f"REVOKE EXECUTE ON FUNCTION {f} FROM PUBLIC" for f in EMIT_MESSAGE)
+    if not emit:
+        server.sql(revoke, database=server.DATABASE)
+    try:
+        tokens = []
+        for _ in range(4):
+            backend, lease = acquire_ready(server)
+            tokens.append(lease.fencing_token)
+            server.restart(immediate=True)  # at once: the commit may not be on disk yet
+            backend.close()
+        backend, lease = acquire_ready(server)
+        tokens.append(lease.fencing_token)
+        assert backend._emit is emit  # the path under test was the one taken
+        backend.release(lease)
+        backend.close()
+    finally:
+        if not emit:
+            grant = revoke.replace("REVOKE", "GRANT").replace("FROM", "TO")
+            server.sql(grant, database=server.DATABASE)
+    assert tokens == sorted(set(tokens)), tokens  # strictly increasing

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.backends.base import HolderInfo, Lease
 from tests.cluster import Cluster, alive, wait_until
 from tests.servers import RedisServer
+from tests.store import Store
 
 TTL = 3.0
 
@@ -76,6 +78,40 @@ def test_restart_without_persistence_never_gives_two_children(
     time.sleep(1.0)
     assert len(cluster.starts()) == 2
     cluster.check()
+
+
+def test_a_restore_from_an_older_snapshot_keeps_fencing_tokens_increasing(
+    server: RedisServer,
+) -> None:
+    """The snapshot brings back an older counter and no lock, while the lock's holder
+    may still run: the newcomer's token must exceed every token handed out since, and
+    it must wait the safety delay."""
+    import redis
+
+    backend = Store("redis", server.url, "t/").backend("fence")
+    tokens: list[int] = []
+
+    def take() -> Lease:
+        lease = backend.acquire("fence", HolderInfo(node_id="old"))
+        assert lease is not None and lease.fencing_token is not None
+        tokens.append(lease.fencing_token)
+        return lease
+
+    backend.release(take())
+    redis.Redis.from_url(server.url).save()
+    for _ in range(3):
+        backend.release(take())
+    take()  # held when the server crashes
+    backend.close()
+    server.restart()  # SIGKILL, then the restart loads the older snapshot
+
+    newcomer = Store("redis", server.url, "t/").backend("fence")
+    lease = newcomer.acquire("fence", HolderInfo(node_id="new"))
+    assert lease is not None and lease.fencing_token is not None
+    assert lease.fencing_token > max(tokens), (lease.fencing_token, tokens)
+    assert "the server started" in lease.state_reset
+    newcomer.release(lease)
+    newcomer.close()
 
 
 def test_supervisors_recover_after_a_long_outage(cluster: Cluster, server: RedisServer) -> None:

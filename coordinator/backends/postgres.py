@@ -18,8 +18,13 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 - The lock can vanish while its holder runs (pg_terminate_backend, a server restart).
   A newcomer that finds the beacon still held, or a server started less than a ttl
   ago, gets a lease marked state_reset and waits the safety delay.
-- Fencing token: txid_current() taken while holding the lock; transaction ids only
-  grow, across restarts too.
+- Fencing token: txid_current() taken while holding the lock. Transaction ids only
+  grow, but after a crash the server reuses those whose commit record had not
+  reached the WAL on disk, and a transaction that writes nothing commits without
+  waiting for that. So the token's transaction also writes a small logical message
+  (pg_logical_emit_message, prefix "coordinator") and commits synchronously; where
+  that function is not executable, the holder waits until the WAL is flushed past
+  the token before it reports ready for a child.
 """
 
 from __future__ import annotations
@@ -56,6 +61,25 @@ WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::int8 = %(hi)s AND l.objid::int8 = %(lo)s
 """
+
+TOKEN = """
+SELECT pg_backend_pid(), txid_current(),
+       extract(epoch FROM now() - pg_postmaster_start_time())::float8,
+       set_config('application_name', 'coordinator ' || txid_current() || ' ' || %(node)s, false)
+"""
+# Writing WAL makes the commit wait for its flush; at least a local one, whatever
+# the server's default.
+DURABLE_TOKEN = f"""{TOKEN},
+       set_config('synchronous_commit', CASE current_setting('synchronous_commit')
+                  WHEN 'off' THEN 'local' ELSE current_setting('synchronous_commit') END, true),
+       pg_logical_emit_message(true, 'coordinator', %(lock)s)
+"""
+# Where the WAL ends now, and whether it is on disk up to there already.
+WAL_END = """
+SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()
+"""
+NOT_EXECUTABLE = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction)
+FLUSHED = "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn"
 
 MINE = f"""
 SELECT pg_backend_pid(),
@@ -98,6 +122,11 @@ class Held:
     beacon: int
     pid: int
     beacon_held: bool
+    unflushed: str | None  # the WAL position to see on disk before the token is safe
+
+    @property
+    def ready(self) -> bool:
+        return self.beacon_held and self.unflushed is None
 
 
 class PostgresBackend(Backend):
@@ -111,6 +140,7 @@ class PostgresBackend(Backend):
         self._beacon_conn: Any = None  # B: holds the beacon while a child may run
         self._held: dict[str, Held] = {}
         self._granted: set[str] = set()  # locks a blocking wait obtained, not yet leased
+        self._emit = True  # pg_logical_emit_message is executable
 
     # -- connections ------------------------------------------------------------
 
@@ -227,19 +257,17 @@ class PostgresBackend(Backend):
         self, name: str, info: HolderInfo, key: int, beacon: int, pid: int | None, sent: float
     ) -> Lease:
         self._granted.discard(name)
-        now_pid, fencing, uptime = self._run(
-            "_lock_conn",
-            "SELECT pg_backend_pid(), txid_current(),"
-            " extract(epoch FROM now() - pg_postmaster_start_time())::float8,"
-            " set_config('application_name', 'coordinator ' || txid_current() || ' ' || %s, false)",
-            (info.node_id[:40],),
-        )[:3]
+        now_pid, fencing, uptime = self._take_token(f"{self.prefix}{name}", info.node_id[:40])
         if pid is not None and pid != now_pid:
             raise BackendRejected(
                 f"postgres at {self.where}: consecutive statements ran in different server "
                 "sessions; a pooler in transaction mode (PgBouncer) breaks session advisory "
                 "locks: connect to PostgreSQL directly or use session pooling"
             )
+        unflushed = None
+        if not self._emit:
+            wal_end, flushed = self._run("_lock_conn", WAL_END)
+            unflushed = None if flushed else wal_end
         self._beacon_connection()
         (beacon_free,) = self._run("_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (beacon,))
         reset = ""
@@ -248,10 +276,26 @@ class PostgresBackend(Backend):
         elif uptime < self.ttl:
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         token = secrets.token_hex(16)
-        self._held[name] = Held(token, key, beacon, now_pid, bool(beacon_free))
+        held = Held(token, key, beacon, now_pid, bool(beacon_free), unflushed)
+        self._held[name] = held
         return Lease(
-            name, token, int(fencing), sent + self.ttl, state_reset=reset, ready=bool(beacon_free)
+            name, token, int(fencing), sent + self.ttl, state_reset=reset, ready=held.ready
         )
+
+    def _take_token(self, lock: str, node: str) -> tuple[int, int, float]:
+        """The fencing token, from a transaction whose commit is on disk if we can."""
+        params = {"node": node, "lock": lock}
+        row = None
+        if self._emit:
+            try:
+                row = self._run("_lock_conn", DURABLE_TOKEN, params)
+            except BackendRejected as exc:
+                if not isinstance(exc.__cause__, NOT_EXECUTABLE):
+                    raise
+                self._emit = False  # revoked or missing: wait for the WAL flush instead
+        if row is None:
+            row = self._run("_lock_conn", TOKEN, params)
+        return int(row[0]), int(row[1]), float(row[2])
 
     def renew(self, lease: Lease) -> Lease:
         held = self._held.get(lease.name)
@@ -271,8 +315,10 @@ class PostgresBackend(Backend):
             self._drop("_lock_conn")
             raise LeaseLost("the server no longer grants the lock to this session")
         self._renew_beacon(held)
+        if held.unflushed is not None and self._run("_lock_conn", FLUSHED, (held.unflushed,))[0]:
+            held.unflushed = None
         return Lease(
-            lease.name, lease.token, lease.fencing_token, sent + self.ttl, ready=held.beacon_held
+            lease.name, lease.token, lease.fencing_token, sent + self.ttl, ready=held.ready
         )
 
     def _renew_beacon(self, held: Held) -> None:

@@ -8,11 +8,13 @@ Keys, with a hash tag so they share a cluster slot:
   {prefix}{<name>}/released  pub/sub channel; a graceful release publishes on it
 
 The lock can vanish while its holder still runs: a DEL by an operator, a restart
-without persistence, a failover to a replica that had not seen the key. A newcomer
-that finds no lock but an `until` still in the future, or no state hash at all, gets a
-lease marked state_reset, and the supervisor waits its safety delay before starting
-the child. A missing state hash seeds the counter from the server clock in
-milliseconds, so fencing tokens keep increasing across a loss of all data.
+(without persistence, or from a snapshot older than the lock), a failover to a
+replica that had not seen the key. A newcomer that finds no lock but an `until`
+still in the future, no state hash at all, or a server that started less than a ttl
+ago, gets a lease marked state_reset, and the supervisor waits its safety delay
+before starting the child. The fencing token is one more than the last, and never
+less than the server clock in milliseconds, so it keeps increasing across a loss of
+all data or a restore of older data.
 """
 
 from __future__ import annotations
@@ -44,22 +46,29 @@ ACQUIRE = (
     NOW_MS
     + """
 if redis.call('exists', KEYS[1]) == 1 then
-  return {0, redis.call('pttl', KEYS[1]), 0}
+  return {0, redis.call('pttl', KEYS[1]), 0, 0}
 end
 local now = now_ms()
 local reset = 0
-if redis.call('exists', KEYS[2]) == 0 then
-  redis.call('hset', KEYS[2], 'fence', string.format('%d', now))
+local fence = redis.call('hget', KEYS[2], 'fence')
+local up = redis.pcall('info', 'server')  -- an error if INFO is renamed away
+local uptime = type(up) == 'string' and tonumber(string.match(up, 'uptime_in_seconds:(%d+)'))
+if not fence then
   reset = 1
 elseif tonumber(redis.call('hget', KEYS[2], 'until') or '0') > now then
   reset = 2
+elseif uptime and uptime * 1000 < tonumber(ARGV[2]) then
+  reset = 3
 end
-local fencing = redis.call('hincrby', KEYS[2], 'fence', 1)
+-- Never below the server clock: a restore from an older snapshot brings back an
+-- older counter, and a loss of all data none at all.
+local fencing = math.max(tonumber(fence or '0') + 1, now)
+redis.call('hset', KEYS[2], 'fence', string.format('%d', fencing))
 redis.call('hset', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])))
 local value = cjson.encode({token = ARGV[1], fencing_token = fencing,
                             holder = cjson.decode(ARGV[3])})
 redis.call('set', KEYS[1], value, 'PX', ARGV[2])
-return {1, fencing, reset}
+return {1, fencing, reset, uptime or -1}
 """
 )
 
@@ -104,6 +113,7 @@ RESETS = {
     0: "",
     1: "redis has no record of this lock (first use of the name, or the server lost its data)",
     2: "the lock key vanished before its lease ran out (deleted, or lost by the server)",
+    3: "the server started {uptime}s ago; a lock held before that may be lost",
 }
 
 
@@ -158,7 +168,7 @@ class RedisBackend(Backend):
         key, state, _ = self._keys(name)
         token = secrets.token_hex(16)
         sent = time.monotonic()
-        won, value, reset = self._call(
+        won, value, reset, uptime = self._call(
             self._acquire, keys=[key, state], args=[token, self.ttl_ms, info.to_json()]
         )
         if not won:
@@ -168,7 +178,13 @@ class RedisBackend(Backend):
                 sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
             )
             return None
-        return Lease(name, token, int(value), sent + self.ttl, state_reset=RESETS[int(reset)])
+        return Lease(
+            name,
+            token,
+            int(value),
+            sent + self.ttl,
+            state_reset=RESETS[int(reset)].format(uptime=uptime),
+        )
 
     def renew(self, lease: Lease) -> Lease:
         key, state, _ = self._keys(lease.name)
