@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,17 +104,20 @@ def start(kind: str, ttl: float, work: Path, clients: int) -> Server:
         return Server(kind, str(lock_dir), ttl, "flock(2) on local files (no server)")
     if kind == "redis":
         (work / "redis").mkdir(exist_ok=True)
-        redis = _guard(lambda: servers.RedisServer(work / "redis"))
+        # A server younger than the ttl makes every newcomer wait the safety delay.
+        redis = _guard(lambda: servers.settled(servers.RedisServer(work / "redis"), ttl + 0.5))
         assert isinstance(redis, servers.RedisServer) and redis.process is not None
         words = _version([redis.binary, "--version"]).split()
         version = " ".join(w.removeprefix("v=") for w in words[:3] if w != "server")
         return Server(kind, redis.url, ttl, version, redis.process.pid, redis.port, redis.close)
     if kind == "postgres":
-        pg = _guard(lambda: BenchPostgres(max_connections=max(300, clients * 2 + 50)))
+        pg = _guard(
+            lambda: servers.settled(
+                BenchPostgres(max_connections=max(300, clients * 2 + 50)), ttl + 0.5
+            )
+        )
         assert isinstance(pg, BenchPostgres) and pg.process is not None
         try:
-            # A server younger than the ttl makes every newcomer wait the safety delay.
-            time.sleep(max(0.0, ttl + 0.5 - pg.uptime()))
             version = str(pg.sql("SELECT version()")[0][0])
         except BaseException:
             pg.close()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coordinator.backends.base import Backend
-from tests.servers import ConsulServer, RedisServer, ServerProcess, settled_postgres
+from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
 BACKENDS = ["file", "redis", "postgres", "consul"]
@@ -29,13 +29,14 @@ def server_url(variable: str, start: Callable[[], ServerProcess]) -> Iterator[st
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from server_url(
-        "COORDINATOR_TEST_REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis"))
+        "COORDINATOR_TEST_REDIS_URL",
+        lambda: settled(RedisServer(tmp_path_factory.mktemp("redis"))),
     )
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    yield from server_url("COORDINATOR_TEST_POSTGRES_URL", settled_postgres)
+    yield from server_url("COORDINATOR_TEST_POSTGRES_URL", lambda: settled(PostgresServer()))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -117,7 +118,11 @@ class RedisServer(ServerProcess):
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.started_at = time.monotonic()
         wait_for_port(self.port)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
 
 
 def postgres_bin(program: str) -> str | None:
@@ -323,12 +328,14 @@ class ConsulServer(ServerProcess):
         raise RuntimeError("consul elected no leader")
 
 
-def settled_postgres() -> PostgresServer:
-    server = PostgresServer()
+S = TypeVar("S", PostgresServer, RedisServer)
+
+
+def settled(server: S, age: float = 4.0) -> S:
+    """`server` once it is `age` seconds old, older than the ttl in use: on a younger
+    one every acquisition waits the safety delay (a restart may have lost a lock)."""
     try:
-        # A server younger than a ttl makes every acquisition wait the safety delay
-        # (locks do not survive a restart); the tests use a ttl of a few seconds.
-        time.sleep(max(0.0, 4.0 - server.uptime()))
+        time.sleep(max(0.0, age - server.uptime()))
     except BaseException:
         server.close()
         raise

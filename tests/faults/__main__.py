@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.faults.check import Round, Summary, history_problems
 from tests.faults.faults import FAULTS, applicable, one_round
 from tests.faults.harness import Bench
-from tests.servers import ConsulServer, RedisServer, ServerProcess, settled_postgres
+from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
 BACKENDS = ("file", "redis", "postgres", "consul")
@@ -45,7 +45,7 @@ def open_store(kind: str, tmp: Path) -> tuple[Store, ServerProcess | None]:
     if kind == "redis":
         server = RedisServer(tmp)
     elif kind == "postgres":
-        server = settled_postgres()
+        server = settled(PostgresServer())
     else:
         server = ConsulServer(tmp)
     return Store(kind, server.url, prefix), server
