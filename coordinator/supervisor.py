@@ -164,7 +164,9 @@ class Supervisor:
                 )
                 if lease is not None:
                     return lease
-                self._enter(State.STANDBY, f"standing by: {self.where} is held by another node")
+                if self.state is not State.STANDBY:
+                    holder = self._who_holds()
+                    self._enter(State.STANDBY, f"standing by: {self.where} is held by {holder}")
                 wait_for = cfg.ttl
                 if cfg.wait_timeout is not None:
                     wait_for = min(wait_for, cfg.wait_timeout - waited)
@@ -190,6 +192,21 @@ class Supervisor:
                     logging.WARNING,
                 )
                 self._pause(delay)
+
+    def _who_holds(self) -> str:
+        """The holder as the backend describes it, for the log; one extra call, made
+        only when this node starts standing by."""
+        try:
+            holder = self.caller.call(
+                self.backend.holder, self.config.name, timeout=self._call_timeout()
+            )
+        except (BackendUnavailable, BackendRejected):
+            holder = None
+        if holder is None:  # released meanwhile
+            return "another node"
+        if holder.fencing_token is None:
+            return holder.node_id
+        return f"{holder.node_id} (fencing token {holder.fencing_token})"
 
     def _release_late(self, lease: Lease | None) -> None:
         """An acquisition we gave up on succeeded after all: free it at once, or the

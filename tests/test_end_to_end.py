@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,12 @@ def test_three_supervisors_run_exactly_one_child(cluster: Cluster) -> None:
     assert len(cluster.starts()) == 1
     assert sum(p.poll() is None for p in cluster.procs) == 3
     cluster.check()
+    # The standbys name the holder (default node id: hostname:pid) and its token.
+    holder, token = cluster.holder(), cluster.starts()[0].token
+    cluster.stop_all()
+    for standby in (p for p in cluster.procs if p is not holder):
+        named = f"is held by {socket.gethostname()}:{holder.pid} (fencing token {token})"
+        assert named in cluster.output(standby)
 
 
 def test_kill_9_of_the_holder_fails_over_within_ttl(cluster: Cluster, store: Store) -> None:
