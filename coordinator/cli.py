@@ -16,12 +16,67 @@ from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, Coordinat
 if TYPE_CHECKING:
     from coordinator.observe import Tracker
 
-app = typer.Typer(
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+
+def _typer(completion: bool) -> typer.Typer:
+    return typer.Typer(
+        add_completion=completion,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = _typer(completion=True)
+
+
+# Options of both `coordinator` and `coordinator status`.
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        "-b",
+        metavar="NAME",
+        envvar="COORDINATOR_BACKEND",
+        show_envvar=True,
+        help="Where the lock lives: file (this host only, no server), redis, postgres, consul.",
+    ),
+]
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URL",
+        envvar="COORDINATOR_URL",
+        show_envvar=True,
+        help="Backend address. Defaults to the ecosystem's own variables (REDIS_URL; "
+        "DATABASE_URL, then libpq's PG* variables; CONSUL_HTTP_ADDR) and for file to a "
+        "per-user runtime directory.",
+    ),
+]
+
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        "-n",
+        metavar="NAME",
+        envvar="COORDINATOR_NAME",
+        show_envvar=True,
+        help="Lock name: one child runs per name. Default: derived from the command "
+        "(program base name and arguments, plus a hash), so nodes running the same line "
+        "share a lock and different commands never block each other.",
+    ),
+]
+
+KeyPrefixOption = Annotated[
+    str,
+    typer.Option(
+        metavar="PREFIX",
+        envvar="COORDINATOR_KEY_PREFIX",
+        show_envvar=True,
+        help="Prefix of the keys this program writes in the backend.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -67,41 +122,9 @@ def run(
             metavar="-- COMMAND [ARGS]...", help="The command to run.", show_default=False
         ),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            "-b",
-            metavar="NAME",
-            envvar="COORDINATOR_BACKEND",
-            show_envvar=True,
-            help="Where the lock lives: file (this host only, no server), redis, postgres, consul.",
-        ),
-    ] = "file",
-    url: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URL",
-            envvar="COORDINATOR_URL",
-            show_envvar=True,
-            help="Backend address. Defaults to the ecosystem's own variables (REDIS_URL; "
-            "DATABASE_URL, then libpq's PG* variables; CONSUL_HTTP_ADDR) and for file to a "
-            "per-user runtime directory.",
-        ),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            "-n",
-            metavar="NAME",
-            envvar="COORDINATOR_NAME",
-            show_envvar=True,
-            help="Lock name: one child runs per name. Default: derived from the command "
-            "(program base name and arguments, plus a hash), so nodes running the same line "
-            "share a lock and different commands never block each other.",
-        ),
-    ] = None,
+    backend: BackendOption = "file",
+    url: UrlOption = None,
+    name: NameOption = None,
     ttl: Annotated[
         float,
         typer.Option(
@@ -152,15 +175,7 @@ def run(
             "so an unaware earlier holder has stopped. Default: the ttl. 0 disables.",
         ),
     ] = None,
-    key_prefix: Annotated[
-        str,
-        typer.Option(
-            metavar="PREFIX",
-            envvar="COORDINATOR_KEY_PREFIX",
-            show_envvar=True,
-            help="Prefix of the keys this program writes in the backend.",
-        ),
-    ] = "coordinator/",
+    key_prefix: KeyPrefixOption = "coordinator/",
     consul_node_check: Annotated[
         bool,
         typer.Option(
@@ -247,12 +262,7 @@ def run(
     return Supervisor(config, store, observer).run()
 
 
-status_app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+status_app = _typer(completion=False)
 
 
 @status_app.command(
@@ -270,46 +280,10 @@ def status(
             show_default=False,
         ),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            "-b",
-            metavar="NAME",
-            envvar="COORDINATOR_BACKEND",
-            show_envvar=True,
-            help="file, redis, postgres or consul.",
-        ),
-    ] = "file",
-    url: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URL",
-            envvar="COORDINATOR_URL",
-            show_envvar=True,
-            help="Backend address, as for the supervisors.",
-        ),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            "-n",
-            metavar="NAME",
-            envvar="COORDINATOR_NAME",
-            show_envvar=True,
-            help="Lock name.",
-        ),
-    ] = None,
-    key_prefix: Annotated[
-        str,
-        typer.Option(
-            metavar="PREFIX",
-            envvar="COORDINATOR_KEY_PREFIX",
-            show_envvar=True,
-            help="Prefix of the keys in the backend, as for the supervisors.",
-        ),
-    ] = "coordinator/",
+    backend: BackendOption = "file",
+    url: UrlOption = None,
+    name: NameOption = None,
+    key_prefix: KeyPrefixOption = "coordinator/",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object, for scripts.")
     ] = False,
