@@ -8,6 +8,7 @@ import math
 from benchmarks import report, singlebeat
 from benchmarks.measure import TICK, percentile
 from benchmarks.results import GRACE, Results, p50, p99
+from benchmarks.scenarios import Timings
 
 
 def failover_target(kind: str, ttl: float) -> tuple[str, float]:
@@ -117,48 +118,43 @@ def idle_rows(t: report.Table, res: Results) -> None:
         )
 
 
+def timing_row(
+    t: report.Table,
+    kind: str,
+    timings: Timings,
+    metric: str,
+    label: str,
+    target: str,
+    bound: float,
+    detail: str = "",
+) -> None:
+    """The p50 / p99 row of `timings`, judged by p50 < bound when there is a target,
+    and their error as a note."""
+    if timings.samples:
+        t.add(
+            f"{label} p50 / p99 (n={len(timings.samples)}{detail})",
+            fmt_pair(p50(timings), p99(timings)),
+            target or "-",
+            p50(timings) < bound if target else None,
+            why(metric, kind),
+        )
+    if timings.error:
+        t.notes.append(f"{metric}: {timings.error}")
+
+
 def table(res: Results) -> report.Table:
     ttl = res.ttl
     t = report.Table(f"{res.label} on {res.kind} (ttl {ttl:g} s, grace {GRACE:g} s)")
     if res.skipped:
         t.add("all", f"not run: {res.skipped}")
         return t
-    h = res.handoff
-    if h.samples:
-        t.add(
-            f"graceful handoff p50 / p99 (n={len(h.samples)})",
-            fmt_pair(p50(h), p99(h)),
-            "p50 < 100 ms",
-            p50(h) < 0.1,
-            why("handoff", res.kind),
-        )
-    if h.error:
-        t.notes.append(f"handoff: {h.error}")
-    f = res.failover
+    h, f = res.handoff, res.failover
+    timing_row(t, res.kind, h, "handoff", "graceful handoff", "p50 < 100 ms", 0.1)
     target, bound = failover_target(res.kind, ttl)
-    if f.samples:
-        t.add(
-            f"crash failover p50 / p99 (n={len(f.samples)}, kill -9)",
-            fmt_pair(p50(f), p99(f)),
-            target or "-",
-            p50(f) < bound if target else None,
-            why("failover", res.kind),
-        )
-    if f.error:
-        t.notes.append(f"failover: {f.error}")
+    timing_row(t, res.kind, f, "failover", "crash failover", target, bound, ", kill -9")
     if res.idle.window > 0:
         idle_rows(t, res)
-    s = res.start
-    if s.samples:
-        t.add(
-            f"start to child exec p50 / p99 (n={len(s.samples)})",
-            fmt_pair(p50(s), p99(s)),
-            "p50 < 300 ms",
-            p50(s) < 0.3,
-            why("start", res.kind),
-        )
-    if s.error:
-        t.notes.append(f"start: {s.error}")
+    timing_row(t, res.kind, res.start, "start", "start to child exec", "p50 < 300 ms", 0.3)
     if res.child_start:
         alone = report.ms(percentile(res.child_start, 50))
         t.notes.append(
