@@ -21,8 +21,9 @@ class Parser(Protocol):
         """Consume client bytes; return a label for each request completed."""
 
 
-class RespParser:
-    """Redis protocol: a command is an array of bulk strings (or an inline line)."""
+class OneByOne:
+    """A parser whose every complete message is one request: `_one` consumes it from
+    the buffer and labels it, or returns None until a whole one is there."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -30,9 +31,16 @@ class RespParser:
     def feed(self, data: bytes) -> list[str]:
         self.buf += data
         out = []
-        while (name := self._one()) is not None:
-            out.append(name)
+        while (label := self._one()) is not None:
+            out.append(label)
         return out
+
+    def _one(self) -> str | None:
+        raise NotImplementedError
+
+
+class RespParser(OneByOne):
+    """Redis protocol: a command is an array of bulk strings (or an inline line)."""
 
     def _one(self) -> str | None:
         buf = self.buf
@@ -108,19 +116,9 @@ class PgParser:
 UUID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-class HttpParser:
+class HttpParser(OneByOne):
     """HTTP/1.1 requests, labelled "METHOD /path"; the key in a KV path is dropped
     and a blocking query (index=...) is marked."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[str]:
-        self.buf += data
-        out = []
-        while (label := self._one()) is not None:
-            out.append(label)
-        return out
 
     def _one(self) -> str | None:
         buf = self.buf
