@@ -17,13 +17,25 @@ PROBE = str(Path(__file__).with_name("probe.py"))
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
-    event: str
+    """One line of a probe's log (tests/probe.py)."""
+
+    event: str  # start, stop, violation, grandchild, ignored-term
     pid: int
-    ppid: int
-    token: str
-    at: float
+    ppid: int  # the supervisor for a probe, the probe for a grandchild
+    token: str  # the fencing token, "-" without one
+    at: float  # time.monotonic(), shared by every process on the host
+
+
+def read_records(log: Path) -> list[Record]:
+    if not log.exists():
+        return []
+    records = []
+    for line in log.read_text().splitlines():
+        event, pid, ppid, token, at = line.split()
+        records.append(Record(event, int(pid), int(ppid), token, float(at)))
+    return records
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -123,13 +135,7 @@ class Cluster:
         return proc
 
     def records(self, event: str | None = None) -> list[Record]:
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            event_, pid, ppid, token, at = line.split()
-            out.append(Record(event_, int(pid), int(ppid), token, float(at)))
-        return [r for r in out if event is None or r.event == event]
+        return [r for r in read_records(self.log) if event is None or r.event == event]
 
     def starts(self) -> list[Record]:
         return self.records("start")

@@ -11,51 +11,32 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from benchmarks.measure import percentile
+from tests.cluster import Record
 
 
-@dataclass(frozen=True)
-class Event:
-    kind: str  # start, stop, violation, grandchild, ignored-term
-    pid: int
-    ppid: int  # the supervisor for a probe, the probe for a grandchild
-    token: str
-    at: float  # time.monotonic(), shared by every process on the host
-
-
-def read_events(log: Path) -> list[Event]:
-    if not log.exists():
-        return []
-    events = []
-    for line in log.read_text().splitlines():
-        kind, pid, ppid, token, at = line.split()
-        events.append(Event(kind, int(pid), int(ppid), token, float(at)))
-    return events
-
-
-def overlap(events: list[Event], pid: int) -> float:
+def overlap(events: list[Record], pid: int) -> float:
     """How long probe `pid` ran while an earlier child still held the lock."""
-    violation = [e.at for e in events if e.pid == pid and e.kind == "violation"]
+    violation = [e.at for e in events if e.pid == pid and e.event == "violation"]
     if not violation:
         return 0.0
-    start = [e.at for e in events if e.pid == pid and e.kind == "start"]
+    start = [e.at for e in events if e.pid == pid and e.event == "start"]
     return (start[0] if start else math.inf) - violation[0]
 
 
-def history_problems(events: list[Event]) -> list[str]:
+def history_problems(events: list[Record]) -> list[str]:
     """Whole-run invariants: fencing tokens strictly increase, and no probe took the
     flock before the previous one recorded its stop (when it lived to record one)."""
     problems = []
-    starts = [e for e in events if e.kind == "start"]
+    starts = [e for e in events if e.event == "start"]
     for before, after in itertools.pairwise(starts):
         if int(after.token) <= int(before.token):
             problems.append(
                 f"fencing token went from {before.token} (pid {before.pid}) "
                 f"to {after.token} (pid {after.pid})"
             )
-        stops = [e.at for e in events if e.pid == before.pid and e.kind == "stop"]
+        stops = [e.at for e in events if e.pid == before.pid and e.event == "stop"]
         if stops and stops[0] > after.at:
             problems.append(f"pid {after.pid} took the flock before pid {before.pid} stopped")
     return problems

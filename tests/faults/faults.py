@@ -14,13 +14,14 @@ import signal
 import time
 from collections.abc import Callable
 
-from tests.faults.check import Event, Round, overlap
+from tests.cluster import Record
+from tests.faults.check import Round, overlap
 from tests.faults.harness import NAME, Bench, Node, signal_all
 
-Fault = Callable[[Bench, Node, Event, set[int], Round, random.Random], None]
+Fault = Callable[[Bench, Node, Record, set[int], Round, random.Random], None]
 
 
-def _takeover(bench: Bench, known: set[int], since: float, result: Round) -> Event | None:
+def _takeover(bench: Bench, known: set[int], since: float, result: Round) -> Record | None:
     new = bench.wait_new_child(known, bench.takeover_bound())
     if new is None:
         result.problems.append(f"no child ran again within {bench.takeover_bound():.0f}s")
@@ -31,7 +32,7 @@ def _takeover(bench: Bench, known: set[int], since: float, result: Round) -> Eve
 
 def _signal_holder(signum: int) -> Fault:
     def fault(
-        bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+        bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
     ) -> None:
         assert node.process is not None
         node.expected_exit = True
@@ -43,7 +44,7 @@ def _signal_holder(signum: int) -> Fault:
 
 
 def ignores_term(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """SIGTERM to a holder whose child ignores SIGTERM: SIGKILL after the grace."""
     bench.ignore_term.touch()
@@ -54,7 +55,7 @@ def ignores_term(
 
 
 def blackhole(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """The holder's connections stall (no reset, no reply) until another node took over."""
     assert node.proxy is not None
@@ -68,7 +69,7 @@ def blackhole(
 
 
 def server_pause(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """SIGSTOP the whole server for 1.2-2 ttl; the takeover is timed from SIGCONT."""
     pids = bench.server_pids()
@@ -81,7 +82,7 @@ def server_pause(
 
 
 def server_restart(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """Redis without persistence, PostgreSQL immediate (crash) restart, Consul dev agent."""
     assert bench.server is not None
@@ -91,7 +92,7 @@ def server_restart(
 
 
 def lock_removed(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """DEL, pg_terminate_backend, session destroy, or the lock file unlinked."""
     since = time.monotonic()
@@ -101,7 +102,7 @@ def lock_removed(
 
 def _pause(
     bench: Bench, pids: list[int], known: set[int], r: Round, rng: random.Random
-) -> tuple[Event | None, float]:
+) -> tuple[Record | None, float]:
     """SIGSTOP `pids` until another node took over, then SIGCONT them (last first).
     A frozen holder keeps a file lock (the kernel holds it for the process), so there
     the pause lasts 1.2-2 ttl and the takeover comes after SIGCONT."""
@@ -122,7 +123,7 @@ def _pause(
 
 
 def supervisor_pause(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """SIGSTOP the holder's supervisor alone: its watchdog kills the child in time."""
     assert node.process is not None
@@ -130,7 +131,7 @@ def supervisor_pause(
 
 
 def node_pause(
-    bench: Bench, node: Node, child: Event, known: set[int], r: Round, rng: random.Random
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
     """SIGSTOP the holder's supervisor, watchdog, child and grandchild, as a frozen host
     would be; then time how long the old child lives on after SIGCONT (the child is
@@ -140,7 +141,7 @@ def node_pause(
     if watchdog is None:
         r.problems.append(f"node{node.index} runs a child but no watchdog")
         return
-    family = [e.pid for e in bench.events() if e.kind == "grandchild" and e.ppid == child.pid]
+    family = [e.pid for e in bench.events() if e.event == "grandchild" and e.ppid == child.pid]
     new, resumed = _pause(bench, [node.process.pid, watchdog, child.pid, *family], known, r, rng)
     if new is not None and (start := bench.wait_start(new.pid, bench.takeover_bound())):
         r.ran_after_resume = max(0.0, start.at - resumed)

@@ -19,8 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from coordinator.child import processes
-from tests.cluster import PROBE, alive, cli_env
-from tests.faults.check import Event, read_events
+from tests.cluster import PROBE, Record, alive, cli_env, read_records
 from tests.faults.proxy import Proxy
 from tests.servers import ServerProcess
 from tests.store import Store
@@ -151,12 +150,12 @@ class Bench:
         for node in self.nodes:
             self.start(node)
 
-    def events(self) -> list[Event]:
-        return read_events(self.log)
+    def events(self) -> list[Record]:
+        return read_records(self.log)
 
     def probe_pids(self) -> set[int]:
         """Every probe and grandchild that ever started."""
-        return {e.pid for e in self.events() if e.kind in ("start", "violation", "grandchild")}
+        return {e.pid for e in self.events() if e.event in ("start", "violation", "grandchild")}
 
     def ours(self, pid: int) -> bool:
         """A live probe or grandchild of this bench. Pids are reused (pid_max may be
@@ -165,9 +164,9 @@ class Bench:
         argv = cmdline(pid).split(" ")
         return alive(pid) and argv[1:3] == [PROBE, str(self.flock)]
 
-    def running(self) -> tuple[Node, Event] | None:
+    def running(self) -> tuple[Node, Record] | None:
         """The node whose child started last, if that child is still alive."""
-        starts = [e for e in self.events() if e.kind == "start"]
+        starts = [e for e in self.events() if e.event == "start"]
         if not starts or not self.ours(starts[-1].pid):
             return None
         for node in self.nodes:
@@ -175,7 +174,7 @@ class Bench:
                 return node, starts[-1]
         return None
 
-    def wait_running(self, timeout: float) -> tuple[Node, Event]:
+    def wait_running(self, timeout: float) -> tuple[Node, Record]:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             found = self.running()
@@ -184,12 +183,12 @@ class Bench:
             time.sleep(0.02)
         raise TimeoutError(f"no child running within {timeout:.0f}s")
 
-    def wait_new_child(self, known: set[int], timeout: float) -> Event | None:
+    def wait_new_child(self, known: set[int], timeout: float) -> Record | None:
         """The first record of a probe not in `known`: its violation or its start."""
         end = time.monotonic() + timeout
         while True:
             fresh = [
-                e for e in self.events() if e.kind in ("violation", "start") and e.pid not in known
+                e for e in self.events() if e.event in ("violation", "start") and e.pid not in known
             ]
             if fresh:
                 return fresh[0]
@@ -197,11 +196,11 @@ class Bench:
                 return None
             time.sleep(0.01)
 
-    def wait_start(self, pid: int, timeout: float) -> Event | None:
+    def wait_start(self, pid: int, timeout: float) -> Record | None:
         end = time.monotonic() + timeout
         while True:
             for e in self.events():
-                if e.kind == "start" and e.pid == pid:
+                if e.event == "start" and e.pid == pid:
                     return e
             if time.monotonic() >= end:
                 return None
