@@ -51,14 +51,17 @@ end
 local now = now_ms()
 local reset = 0
 local fence = redis.call('hget', KEYS[2], 'fence')
-local up = redis.pcall('info', 'server')  -- an error if INFO is renamed away
-local uptime = type(up) == 'string' and tonumber(string.match(up, 'uptime_in_seconds:(%d+)'))
+local uptime = -1
 if not fence then
   reset = 1
 elseif tonumber(redis.call('hget', KEYS[2], 'until') or '0') > now then
   reset = 2
-elseif uptime and uptime * 1000 < tonumber(ARGV[2]) then
-  reset = 3
+else
+  local info = redis.pcall('info', 'server')  -- an error if INFO is renamed away
+  local up = type(info) == 'string' and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  if up and up * 1000 < tonumber(ARGV[2]) then
+    reset, uptime = 3, up
+  end
 end
 -- Never below the server clock: a restore from an older snapshot brings back an
 -- older counter, and a loss of all data none at all.
@@ -68,7 +71,7 @@ redis.call('hset', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])
 local value = cjson.encode({token = ARGV[1], fencing_token = fencing,
                             holder = cjson.decode(ARGV[3])})
 redis.call('set', KEYS[1], value, 'PX', ARGV[2])
-return {1, fencing, reset, uptime or -1}
+return {1, fencing, reset, uptime}
 """
 )
 
