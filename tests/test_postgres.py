@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.backends.base import HolderInfo, Lease
-from coordinator.backends.postgres import PostgresBackend, key_parts, lock_key
+from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.backends.postgres import key_parts, lock_key
 from coordinator.errors import BackendUnavailable
 from tests.cluster import Cluster, alive, run_cli, spawn_cli, wait_until
 from tests.servers import PostgresServer
+from tests.store import Store
 
 SECRET = "s3cr3t-pa55"
 
@@ -216,11 +217,11 @@ def test_malformed_url_is_a_usage_error() -> None:
     assert SECRET not in out and "Traceback" not in out
 
 
-def acquire_ready(server: PostgresServer) -> tuple[PostgresBackend, Lease]:
+def acquire_ready(server: PostgresServer) -> tuple[Backend, Lease]:
     """A lease as a supervisor would start a child on it: acquired, and ready."""
     deadline = time.monotonic() + 20
     while True:
-        backend = PostgresBackend(server.url, ttl=3.0, timeout=2.0, prefix="t/", node="n")
+        backend = Store("postgres", server.url, "t/").backend("fence")
         try:
             lease = backend.acquire("fence", HolderInfo(node_id="n"))
             assert lease is not None
@@ -258,7 +259,7 @@ def test_a_crash_never_hands_out_a_fencing_token_twice(server: PostgresServer, e
             backend.close()
         backend, lease = acquire_ready(server)
         tokens.append(lease.fencing_token)
-        assert backend._emit is emit  # the path under test was the one taken
+        assert backend._emit is emit  # type: ignore[attr-defined]  # the path taken
         backend.release(lease)
         backend.close()
     finally:
