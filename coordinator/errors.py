@@ -48,4 +48,12 @@ class BackendRejected(CoordinatorError):
 
 
 class LeaseLost(CoordinatorError):
-    """A definite answer that the lease is no longer ours."""
+    """A definite answer that the lease is no longer ours.
+
+    stop_now: another node may start its child after only a short hold-off (the lock
+    went with every session of ours), so the child gets SIGKILL at once, not a grace.
+    """
+
+    def __init__(self, message: str, stop_now: bool = False) -> None:
+        super().__init__(message)
+        self.stop_now = stop_now

@@ -252,6 +252,13 @@ class Supervisor:
                 f"{lease.state_reset}, so an earlier holder could still be running: waiting "
                 f"the safety delay of {cfg.effective_safety_delay:g}s before starting the child",
             )
+        elif lease.hold_off > 0:
+            start_at += lease.hold_off
+            self._enter(
+                State.DELAYING,
+                f"{lease.hold_off_reason}: waiting {lease.hold_off:g}s for an earlier holder "
+                "to kill its child before starting this one",
+            )
         renew_failing = False
         stop_signal = 0
         watch_quiet_until = 0.0
@@ -307,7 +314,8 @@ class Supervisor:
                         State.STOPPING, f"lease lost: {exc}", logging.WARNING, reason="lease_lost"
                     )
                     if self.child is not None:
-                        self._stop_child(lease)
+                        self._stop_child(lease, at_once=exc.stop_now)
+                    self._forget(lease)
                     return None
                 except (BackendUnavailable, BackendRejected) as exc:
                     renew_failing = True
@@ -371,16 +379,18 @@ class Supervisor:
         self.child = None
         self.watchdog.disarm()
 
-    def _stop_child(self, lease: Lease) -> int:
+    def _stop_child(self, lease: Lease, at_once: bool = False) -> int:
         """TERM the child's process group, KILL after grace (never later than the
-        lease deadline minus the margin), reap it. Returns its exit code."""
+        lease deadline minus the margin), reap it. Returns its exit code. `at_once`:
+        KILL without grace, the lock may be another node's within its hold-off."""
         child = self.child
         assert child is not None
         cfg = self.config
         kill_at = min(time.monotonic() + cfg.grace, self._kill_at(lease))
-        killed = time.monotonic() >= kill_at
+        killed = at_once or time.monotonic() >= kill_at
         if killed:
-            # Past the last moment (this supervisor was stopped or starved): no grace.
+            # Past the last moment (this supervisor was stopped or starved), or the lock
+            # is already free for the others: no grace.
             log.warning("the lease may already be another node's: SIGKILL to the child's group")
             child.signal_group(signal.SIGKILL)
         else:
@@ -415,6 +425,14 @@ class Supervisor:
             self.child.signal_group(signal.SIGKILL)
             self.child.process.wait()
             self._reaped()
+
+    def _forget(self, lease: Lease) -> None:
+        """After losing the lease and reaping the child: let the backend drop what it
+        kept for that lease (postgres: the beacon that told newcomers a child may run)."""
+        try:
+            self.caller.call(self.backend.release, lease, timeout=self._call_timeout())
+        except (BackendUnavailable, BackendRejected) as exc:
+            log.debug("dropping the lost lease's state failed: %s", exc)
 
     def _release(self, lease: Lease) -> None:
         try:

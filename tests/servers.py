@@ -239,6 +239,21 @@ class PostgresServer(ServerProcess):
             cwd=self.directory,
         )
         wait_for_port(self.port, timeout=30)
+        self._wait_ready(timeout=30)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """The port opens before recovery ends ("the database system is starting up")."""
+        import psycopg
+
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.sql("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
 
     def restart(self, immediate: bool = True) -> None:
         self.stop(signal.SIGQUIT if immediate else signal.SIGINT)

@@ -81,6 +81,11 @@ class Lease:
     # lease (postgres: an earlier holder's "child running" beacon is still taken). The
     # supervisor keeps renewing, and starts the child only once it is True.
     ready: bool = True
+    # Seconds to wait after acquiring before starting the child, and why: the backend
+    # cannot tell that the previous holder let go on purpose, and a holder that lost
+    # its lock kills its child at once (LeaseLost.stop_now), within this time.
+    hold_off: float = 0.0
+    hold_off_reason: str = ""
 
 
 class Backend(abc.ABC):

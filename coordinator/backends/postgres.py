@@ -18,6 +18,14 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 - The lock can vanish while its holder runs (pg_terminate_backend, a server restart).
   A newcomer that finds the beacon still held, or a server started less than a ttl
   ago, gets a lease marked state_reset and waits the safety delay.
+- Every session of a live holder can end at once (pg_terminate_backend on all of
+  them, a pooler restart, a reset of both connections): the lock and the beacon are
+  then free together, as after a crash. Each acquisition and each graceful release
+  is announced with NOTIFY on the lock's channel, which standbys LISTEN to. A
+  newcomer that did not see the previous holder release holds off HOLD_OFF seconds
+  before starting its child; a holder whose lock session ended kills its child at
+  once (LeaseLost.stop_now), well within that time. A graceful handoff, announced,
+  starts at once. docs/safety.md has the argument.
 - Fencing token: txid_current() taken while holding the lock. Transaction ids only
   grow, but after a crash the server reuses those whose commit record had not
   reached the WAL on disk, and a transaction that writes nothing commits without
@@ -42,6 +50,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import psycopg.errors
+import psycopg.sql
 
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
@@ -65,7 +74,8 @@ WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
 TOKEN = """
 SELECT pg_backend_pid(), txid_current(),
        extract(epoch FROM now() - pg_postmaster_start_time())::float8,
-       set_config('application_name', 'coordinator ' || txid_current() || ' ' || %(node)s, false)
+       set_config('application_name', 'coordinator ' || txid_current() || ' ' || %(node)s, false),
+       pg_notify(%(channel)s, 'acquired')
 """
 # Writing WAL makes the commit wait for its flush; at least a local one, whatever
 # the server's default.
@@ -85,6 +95,20 @@ MINE = f"""
 SELECT pg_backend_pid(),
        EXISTS (SELECT 1 FROM ({LOCKED_BY}) held WHERE held.pid = pg_backend_pid())
 """
+
+
+# How long a newcomer waits when it did not see the previous holder release: a holder
+# whose lock session ended sees its socket close at once and SIGKILLs its child.
+HOLD_OFF = 0.5
+UNANNOUNCED = (
+    "no release by the previous holder was announced (it crashed, its sessions "
+    "were ended, or this node has just started)"
+)
+
+
+def channel(key: int) -> str:
+    """The NOTIFY channel of one lock: acquisitions and graceful releases."""
+    return f"coordinator {key}"
 
 
 def lock_key(text: str) -> int:
@@ -119,6 +143,7 @@ def first_line(exc: Exception) -> str:
 class Held:
     token: str
     key: int
+    fencing: int
     beacon: int
     pid: int
     beacon_held: bool
@@ -141,6 +166,10 @@ class PostgresBackend(Backend):
         self._held: dict[str, Held] = {}
         self._granted: set[str] = set()  # locks a blocking wait obtained, not yet leased
         self._emit = True  # pg_logical_emit_message is executable
+        # Per lock key, on the current lock session: True when the last announcement
+        # seen was a graceful release, False after an acquisition; absent when unknown.
+        self._released: dict[int, bool] = {}
+        self._listening: set[int] = set()
 
     # -- connections ------------------------------------------------------------
 
@@ -188,7 +217,23 @@ class PostgresBackend(Backend):
             if self._held or self._granted:
                 raise AssertionError("a held lock cannot move to a new connection")
             self._lock_conn = self._connect("lock")
+            self._lock_conn.add_notify_handler(self._announced)
         return self._lock_conn
+
+    def _announced(self, notify: Any) -> None:
+        """A NOTIFY on a lock's channel (delivered while a statement runs)."""
+        prefix, _, key = notify.channel.rpartition(" ")
+        if prefix == "coordinator" and key.lstrip("-").isdigit():
+            self._released[int(key)] = notify.payload == "released"
+
+    def _listen(self, key: int) -> None:
+        """LISTEN on the lock's channel, once per lock session."""
+        if key not in self._listening:
+            self._run(
+                "_lock_conn",
+                psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel(key))),
+            )
+            self._listening.add(key)
 
     def _beacon_connection(self) -> bool:
         """Open the beacon session if needed; True when it is a new one."""
@@ -206,6 +251,8 @@ class PostgresBackend(Backend):
         if attr == "_lock_conn":
             self._held.clear()
             self._granted.clear()
+            self._released.clear()  # a new session has seen nothing yet
+            self._listening.clear()
 
     def _translate(self, exc: Exception) -> Exception:
         text = first_line(exc)
@@ -214,11 +261,12 @@ class PostgresBackend(Backend):
             return BackendRejected(f"postgres at {self.where} refused us: {text}")
         return BackendUnavailable(f"postgres at {self.where}: {text}")
 
-    def _run(self, attr: str, query: str, params: Any = None) -> Any:
+    def _run(self, attr: str, query: Any, params: Any = None) -> Any:
         """One statement; a broken connection is dropped (and its locks with it)."""
         conn = getattr(self, attr)
         try:
-            return conn.execute(query, params).fetchone()
+            cursor = conn.execute(query, params)
+            return cursor.fetchone() if cursor.description else None
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 self._drop(attr)
@@ -238,6 +286,7 @@ class PostgresBackend(Backend):
         key, beacon = self.keys(name)
         sent = time.monotonic()
         self._lock_connection()
+        self._listen(key)
         if name not in self._granted:
             won, pid = self._run(
                 "_lock_conn", "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)
@@ -257,7 +306,11 @@ class PostgresBackend(Backend):
         self, name: str, info: HolderInfo, key: int, beacon: int, pid: int | None, sent: float
     ) -> Lease:
         self._granted.discard(name)
-        now_pid, fencing, uptime = self._take_token(f"{self.prefix}{name}", info.node_id[:40])
+        # What the announcements delivered so far say, before our own arrives.
+        announced = self._released.get(key, False)
+        now_pid, fencing, uptime = self._take_token(
+            f"{self.prefix}{name}", info.node_id[:40], channel(key)
+        )
         if pid is not None and pid != now_pid:
             raise BackendRejected(
                 f"postgres at {self.where}: consecutive statements ran in different server "
@@ -276,15 +329,23 @@ class PostgresBackend(Backend):
         elif uptime < self.ttl:
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         token = secrets.token_hex(16)
-        held = Held(token, key, beacon, now_pid, bool(beacon_free), unflushed)
+        held = Held(token, key, int(fencing), beacon, now_pid, bool(beacon_free), unflushed)
         self._held[name] = held
         return Lease(
-            name, token, int(fencing), sent + self.ttl, state_reset=reset, ready=held.ready
+            name,
+            token,
+            int(fencing),
+            sent + self.ttl,
+            state_reset=reset,
+            ready=held.ready,
+            hold_off=0.0 if announced else HOLD_OFF,
+            hold_off_reason="" if announced else UNANNOUNCED,
         )
 
-    def _take_token(self, lock: str, node: str) -> tuple[int, int, float]:
-        """The fencing token, from a transaction whose commit is on disk if we can."""
-        params = {"node": node, "lock": lock}
+    def _take_token(self, lock: str, node: str, chan: str) -> tuple[int, int, float]:
+        """The fencing token, from a transaction whose commit is on disk if we can; the
+        same transaction announces the acquisition."""
+        params = {"node": node, "lock": lock, "channel": chan}
         row = None
         if self._emit:
             try:
@@ -302,18 +363,22 @@ class PostgresBackend(Backend):
         if held is None or held.token != lease.token:
             raise LeaseLost("this lease was released or its connection was lost")
         sent = time.monotonic()
+        # Every loss below may have freed the beacon too (all of our sessions ended at
+        # once): a newcomer then waits only HOLD_OFF, so the child must die at once.
         try:
             pid, mine = self._run("_lock_conn", MINE, key_parts(held.key))
         except BackendUnavailable as exc:
             if lease.name not in self._held:  # the connection broke: the session is gone
-                raise LeaseLost(f"the connection holding the lock was lost ({exc})") from exc
+                raise LeaseLost(
+                    f"the connection holding the lock was lost ({exc})", stop_now=True
+                ) from exc
             raise
         if pid != held.pid:
             self._drop("_lock_conn")
-            raise LeaseLost("the server session changed, so the lock is gone")
+            raise LeaseLost("the server session changed, so the lock is gone", stop_now=True)
         if not mine:
             self._drop("_lock_conn")
-            raise LeaseLost("the server no longer grants the lock to this session")
+            raise LeaseLost("the server no longer grants the lock to this session", stop_now=True)
         self._renew_beacon(held)
         if held.unflushed is not None and self._run("_lock_conn", FLUSHED, (held.unflushed,))[0]:
             held.unflushed = None
@@ -336,12 +401,16 @@ class PostgresBackend(Backend):
     def release(self, lease: Lease) -> None:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
+            if not self._held:  # a lost lease, its child reaped: the beacon can go
+                self._drop("_beacon_conn")
             return
         # The beacon goes first: a newcomer that finds it held would wait for nothing.
         if held.beacon_held and self._beacon_conn is not None:
             self._drop("_beacon_conn")
         del self._held[lease.name]
         try:
+            # Announced before the unlock, so the next holder sees it when granted.
+            self._run("_lock_conn", "SELECT pg_notify(%s, 'released')", (channel(held.key),))
             self._run("_lock_conn", "SELECT pg_advisory_unlock(%s)", (held.key,))
         except BackendUnavailable:
             self._drop("_lock_conn")  # closing the session releases the lock too
@@ -367,6 +436,7 @@ class PostgresBackend(Backend):
             return
         key, _ = self.keys(name)
         conn = self._lock_connection()
+        self._listen(key)
         try:
             with conn.transaction():
                 conn.execute(
