@@ -7,7 +7,8 @@ log: "<event> <pid> <ppid> <fencing token> <monotonic time>".
 Flags: --grandchild forks a grandchild that shares the flock (an orphan keeps it held);
 --wait-lock waits for the flock after a violation, so its "start" record tells when the
 earlier child was gone (the overlap's length); --ignore-term ignores SIGTERM, and
---ignore-term-if=PATH does so while PATH exists; --slow-stop=S takes S seconds to stop;
+--ignore-term-if=PATH does so while PATH exists; --slow-stop=S takes S seconds to stop,
+and --slow-stop-if=PATH takes the seconds written in PATH while it exists;
 --exit-soon exits by itself.
 """
 
@@ -61,6 +62,11 @@ def main() -> None:
             if flag.startswith("--slow-stop="):
                 # A child that needs a while to shut down widens any overlap.
                 time.sleep(float(flag.split("=", 1)[1]))
+            elif flag.startswith("--slow-stop-if="):
+                path = flag.split("=", 1)[1]
+                if os.path.exists(path):
+                    with open(path) as f:
+                        time.sleep(float(f.read()))
         record(log, "stop")
         sys.exit(0)
 

@@ -39,6 +39,20 @@ class Store:
     def cli_args(self) -> list[str]:
         return ["--backend", self.kind, "--url", self.url, "--key-prefix", self.prefix]
 
+    def end_sessions(self, node_id: str) -> int:
+        """PostgreSQL: pg_terminate_backend on every session of one supervisor, found by
+        the node id in their application_name; returns how many were ended."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name ~ '^coordinator [^ ]+ ' AND"
+                " substring(application_name from '^coordinator [^ ]+ (.*)$') = %s",
+                (node_id,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def delete_lock(self, name: str) -> None:
         """Remove the lock behind the holder's back, as an operator or a restart would."""
         if self.kind == "file":

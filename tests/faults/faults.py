@@ -91,6 +91,43 @@ def server_restart(
     _takeover(bench, known, since, r)
 
 
+def _slow_stop(bench: Bench) -> None:
+    """From now on the probe takes 0.7 s to stop on SIGTERM: a holder that stops its
+    child gracefully after its lock went would overlap the next one."""
+    bench.slow_stop.write_text("0.7")
+
+
+def sessions_ended(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """PostgreSQL: pg_terminate_backend on every session of the holder at once (the
+    lock's and the beacon's), as an operator would, with a child slow to stop."""
+    _slow_stop(bench)
+    try:
+        since = time.monotonic()
+        ended = bench.store.end_sessions(f"node{node.index}")
+        if ended < 2:
+            r.problems.append(f"ended {ended} sessions of node{node.index}, expected 2 or more")
+        _takeover(bench, known, since, r)
+    finally:
+        bench.slow_stop.unlink()
+
+
+def connections_reset(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """PostgreSQL: the holder's proxy resets all of its connections (a pooler or proxy
+    restart), so every session of the holder ends at once; child slow to stop."""
+    assert node.proxy is not None
+    _slow_stop(bench)
+    try:
+        since = time.monotonic()
+        node.proxy.reset()
+        _takeover(bench, known, since, r)
+    finally:
+        bench.slow_stop.unlink()
+
+
 def lock_removed(
     bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
 ) -> None:
@@ -157,13 +194,19 @@ FAULTS: dict[str, Fault] = {
     "supervisor-pause": supervisor_pause,
     "node-pause": node_pause,
     "ignores-term": ignores_term,
+    "sessions-ended": sessions_ended,
+    "connections-reset": connections_reset,
 }
 NEEDS_NETWORK = {"blackhole", "server-pause", "server-restart"}
 NEEDS_OWN_SERVER = {"server-pause", "server-restart"}
+# Only where the lock is a server session: elsewhere the holder reconnects and keeps it.
+SESSION_LOCKS = {"sessions-ended", "connections-reset"}
 
 
 def applicable(bench: Bench) -> list[str]:
     names = list(FAULTS)
+    if bench.kind != "postgres":
+        names = [n for n in names if n not in SESSION_LOCKS]
     if not bench.networked:
         names = [n for n in names if n not in NEEDS_NETWORK]
     if bench.server is None:

@@ -3,6 +3,8 @@
 stall() stops relaying bytes in both directions and holds new connections unanswered,
 as a pulled cable or a dropped route would: neither side sees the connection end,
 every request just gets no reply. heal() relays again, buffered bytes included.
+reset() ends every relayed connection with a TCP reset on both sides, as a proxy or
+pooler restart, or a middlebox dropping its state, would.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import threading
+import time
 
 
 class Proxy:
@@ -22,6 +26,7 @@ class Proxy:
         self.peers: dict[socket.socket, socket.socket] = {}
         self.held: list[socket.socket] = []
         self._closed = False
+        self._reset = False
         self._thread = threading.Thread(target=self._run, name=f"proxy-{self.port}", daemon=True)
         self._thread.start()
 
@@ -30,6 +35,21 @@ class Proxy:
 
     def heal(self) -> None:
         self.stalled = False
+
+    def reset(self) -> None:
+        """Reset every connection (RST, not FIN) on both sides; new ones are relayed."""
+        self._reset = True
+        while self._reset and not self._closed:
+            time.sleep(0.01)
+
+    def _reset_all(self) -> None:
+        linger = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+        for sock in list(self.peers):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                sock.close()
+        self.peers.clear()
+        self._reset = False
 
     def close(self) -> None:
         self._closed = True
@@ -40,6 +60,8 @@ class Proxy:
 
     def _run(self) -> None:
         while not self._closed:
+            if self._reset:
+                self._reset_all()  # on this thread: it owns the sockets
             watched = [self.listener] if self.stalled else [self.listener, *self.peers]
             ready, _, _ = select.select(watched, [], [], 0.05)
             for sock in ready:
