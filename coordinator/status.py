@@ -99,7 +99,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def status(config: Config, as_json: bool, timeout: float) -> int:
-    backend = create_backend(config)
+    backend = create_backend(config, observe_only=True)
     where = backend.describe(config.name)
     try:
         holder = ask(backend, config.name, timeout)

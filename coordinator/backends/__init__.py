@@ -21,7 +21,9 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def create_backend(config: Config) -> Backend:
+def create_backend(config: Config, observe_only: bool = False) -> Backend:
+    """The backend `config` names. `observe_only`: for `status`, which must leave no
+    trace (a backend module may offer create_observer for that)."""
     try:
         module_name, extra = BACKENDS[config.backend]
     except KeyError:
@@ -35,5 +37,6 @@ def create_backend(config: Config) -> Backend:
             f"the {config.backend} backend needs its client library ({exc.name} is missing): "
             f"pip install 'coordinator[{extra}]'"
         ) from exc
-    backend: Backend = module.create(config)
+    factory = getattr(module, "create_observer", None) if observe_only else None
+    backend: Backend = (factory or module.create)(config)
     return backend
