@@ -8,9 +8,11 @@ when `--metrics-address` is given so prometheus-client stays optional.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -89,9 +91,20 @@ class StatusFile:
 
     def _write(self) -> None:
         # Write beside the target and rename over it, so readers never see half a file.
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.document()) + "\n")
-        os.replace(tmp, self.path)
+        # The temporary file has an unpredictable name and is created with O_EXCL
+        # (mkstemp): another user cannot plant a link there for us to write through.
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.document()) + "\n")
+            os.chmod(tmp, 0o644)  # probes may run as another user; it holds no secret
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def _run(self) -> None:
         while True:
