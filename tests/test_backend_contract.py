@@ -180,3 +180,39 @@ def test_wait_gives_up_at_its_timeout_while_held(make_backend: Make) -> None:
     standby.wait("x", 0.5)
     assert 0.4 <= time.monotonic() - start < 2.0
     holder.release(lease)
+
+
+def test_fencing_tokens_increase_whatever_the_nodes_clocks_say(
+    make_backend: Make, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes whose clocks disagree by ten minutes either way take turns, through
+    graceful releases and a lock removed behind the holder's back (lost state): each
+    token is above every earlier one."""
+    real_time, real_time_ns = time.time, time.time_ns
+
+    def skewed(node: Backend, seconds: float) -> Lease:
+        monkeypatch.setattr(time, "time", lambda: real_time() + seconds)
+        monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + int(seconds * 1e9))
+        try:
+            start = real_time()
+            while (lease := node.acquire("x", info(f"skew{seconds:+g}"))) is None:
+                assert real_time() - start < store.ttl * 3 + 15, "never acquired"
+                time.sleep(0.1)
+            return lease
+        finally:
+            monkeypatch.undo()
+
+    ahead, behind = make_backend(), make_backend()
+    tokens = []
+    for step in range(6):
+        node, skew = (ahead, 600.0) if step % 2 == 0 else (behind, -600.0)
+        lease = skewed(node, skew)
+        tokens.append(lease.fencing_token)
+        if step in (1, 4):
+            store.delete_lock("x")  # lost: the next holder must still go up
+            with pytest.raises(LeaseLost):  # as the supervisor learns it
+                node.renew(lease)
+            node.release(lease)
+        else:
+            node.release(lease)
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
