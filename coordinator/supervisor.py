@@ -430,7 +430,7 @@ class Supervisor:
         """After losing the lease and reaping the child: let the backend drop what it
         kept for that lease (postgres: the beacon that told newcomers a child may run)."""
         try:
-            self.caller.call(self.backend.release, lease, timeout=self._call_timeout())
+            self.caller.call(self.backend.forget, lease, timeout=self._call_timeout())
         except (BackendUnavailable, BackendRejected) as exc:
             log.debug("dropping the lost lease's state failed: %s", exc)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from coordinator.backends.base import Backend, HolderInfo
+from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.errors import LeaseLost
 from tests.conftest import Store
 

@@ -19,7 +19,7 @@ from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config
 from coordinator.errors import EXIT_WAIT_TIMEOUT, BackendRejected, BackendUnavailable, LeaseLost
 from coordinator.supervisor import Supervisor
-from tests.cluster import Cluster
+from tests.cluster import Cluster, alive
 
 TTL, GRACE = 1.5, 0.2
 
@@ -189,3 +189,45 @@ def test_the_child_waits_until_the_backend_is_ready(probe: Cluster) -> None:
     assert len(renewals) >= 3
     assert start.at > renewals[2], "the child started before the backend was ready"
     assert renewals[2] - backend.calls[0][1] < 1.0  # polled, not at the renew interval
+
+
+class HoldOffBackend(ScriptedBackend):
+    """Leases that ask the supervisor to hold off, and losses that need a kill at once."""
+
+    def acquire(self, name: str, info: HolderInfo) -> Lease | None:
+        lease = super().acquire(name, info)
+        if lease is None:
+            return None
+        return Lease(
+            lease.name,
+            lease.token,
+            lease.fencing_token,
+            lease.deadline,
+            hold_off=0.4,
+            hold_off_reason="scripted",
+        )
+
+    def renew(self, lease: Lease) -> Lease:
+        if self.renew_plan[:1] == ["lost now"]:
+            self.renew_plan.pop(0)
+            self.calls.append(("renew", time.monotonic()))
+            raise LeaseLost("scripted: every session ended", stop_now=True)
+        return super().renew(lease)
+
+
+def test_a_hold_off_delays_the_child(probe: Cluster) -> None:
+    backend = HoldOffBackend(["lease"], [])
+    assert supervise(backend, probe, "--exit-soon", wait_timeout=5.0) == 0
+    acquired_at = next(t for c, t in backend.calls if c == "acquire")
+    [start] = probe.starts()
+    assert start.at - acquired_at >= 0.4
+
+
+def test_a_loss_that_needs_it_kills_the_child_without_grace(probe: Cluster) -> None:
+    """A child that ignores SIGTERM dies at once, not after the grace."""
+    backend = HoldOffBackend(["lease"], ["ok", "lost now"])
+    assert supervise(backend, probe, "--ignore-term", wait_timeout=0.3) == EXIT_WAIT_TIMEOUT
+    assert probe.starts(), "the child never ran"
+    assert not probe.records("ignored-term")  # no SIGTERM was sent: SIGKILL at once
+    assert not alive(probe.starts()[0].pid)
+    assert "release" not in [c for c, _ in backend.calls]  # a lost lease is not ours

@@ -106,6 +106,10 @@ class Backend(abc.ABC):
     def release(self, lease: Lease) -> None:
         """Compare-and-delete by token, and wake the standbys. Safe to repeat."""
 
+    def forget(self, lease: Lease) -> None:  # noqa: B027 - optional hook
+        """Drop what was kept for a lease found lost, once its child is reaped (a lost
+        lease is not ours to release: someone else may hold the lock now)."""
+
     @abc.abstractmethod
     def holder(self, name: str) -> HolderInfo | None:
         """Who holds the lock now, or None when it is free."""

@@ -255,6 +255,11 @@ class FileBackend(Backend):
         if fd is not None:
             os.close(fd)  # closing drops the flock
 
+    def forget(self, lease: Lease) -> None:
+        fd = self._held.pop(lease.token, None)
+        if fd is not None:
+            os.close(fd)  # the lock on a file that is no longer at the path
+
     def _peek(self, name: str) -> bytes | None:
         """The lock file's content while someone holds it; None when it is free."""
         lock_name, _ = self._names(name)

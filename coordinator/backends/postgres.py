@@ -401,8 +401,6 @@ class PostgresBackend(Backend):
     def release(self, lease: Lease) -> None:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
-            if not self._held:  # a lost lease, its child reaped: the beacon can go
-                self._drop("_beacon_conn")
             return
         # The beacon goes first: a newcomer that finds it held would wait for nothing.
         if held.beacon_held and self._beacon_conn is not None:
@@ -415,6 +413,10 @@ class PostgresBackend(Backend):
         except BackendUnavailable:
             self._drop("_lock_conn")  # closing the session releases the lock too
             raise
+
+    def forget(self, lease: Lease) -> None:
+        if not self._held:  # the child of the lost lease is reaped: the beacon can go
+            self._drop("_beacon_conn")
 
     def holder(self, name: str) -> HolderInfo | None:
         key, _ = self.keys(name)
