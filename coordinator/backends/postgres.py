@@ -52,6 +52,7 @@ import psycopg.conninfo
 import psycopg.errors
 import psycopg.sql
 
+from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
@@ -257,6 +258,8 @@ class PostgresBackend(Backend):
     def _translate(self, exc: Exception) -> Exception:
         text = first_line(exc)
         state = getattr(exc, "sqlstate", None)
+        if tls.verification_failed(exc):
+            return BackendRejected(tls.describe("postgres", self.where, text))
         if state in REJECTED_STATES or REJECTED_TEXT.search(text):
             return BackendRejected(f"postgres at {self.where} refused us: {text}")
         return BackendUnavailable(f"postgres at {self.where}: {text}")
