@@ -325,7 +325,11 @@ class PostgresBackend(Backend):
             wal_end, flushed = self._run("_lock_conn", WAL_END)
             unflushed = None if flushed else wal_end
         self._beacon_connection()
-        (beacon_free,) = self._run("_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (beacon,))
+        beacon_free, beacon_pid = self._run(
+            "_beacon_conn", "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (beacon,)
+        )
+        if beacon_pid == now_pid:
+            self._refuse_shared_session()
         reset = ""
         if not beacon_free:
             reset = "the previous holder lost its lock but may not have stopped its child yet"
@@ -343,6 +347,20 @@ class PostgresBackend(Backend):
             ready=held.ready,
             hold_off=0.0 if announced else HOLD_OFF,
             hold_off_reason="" if announced else UNANNOUNCED,
+        )
+
+    def _refuse_shared_session(self) -> None:
+        """Our two connections run on one server session: a pooler in transaction mode
+        hands an idle server session to whichever client asks next. The pooler keeps
+        that session, so the locks just taken in it are let go before we refuse."""
+        for attr in ("_beacon_conn", "_lock_conn"):
+            with contextlib.suppress(BackendUnavailable, BackendRejected):
+                self._run(attr, "SELECT pg_advisory_unlock_all()")
+        self._drop("_beacon_conn")
+        raise BackendRejected(
+            f"postgres at {self.where}: the lock and beacon connections ran in the same "
+            "server session; a pooler in transaction mode (PgBouncer) breaks session "
+            "advisory locks: connect to PostgreSQL directly or use session pooling"
         )
 
     def _take_token(self, lock: str, node: str, chan: str) -> tuple[int, int, float]:
