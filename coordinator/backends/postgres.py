@@ -16,8 +16,9 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 - Standbys block in pg_advisory_lock with a lock_timeout: when the holder's session
   ends (crash, graceful release) the server grants the lock to one of them at once.
 - The lock can vanish while its holder runs (pg_terminate_backend, a server restart).
-  A newcomer that finds the beacon still held, or a server started less than a ttl
-  ago, gets a lease marked state_reset and waits the safety delay.
+  A newcomer that finds the beacon still held, a server started less than a ttl
+  ago, or a standby promoted less than a ttl ago (advisory locks are not replicated;
+  see _recovered), gets a lease marked state_reset and waits the safety delay.
 - Every session of a live holder can end at once (pg_terminate_backend on all of
   them, a pooler restart, a reset of both connections): the lock and the beacon are
   then free together, as after a crash. Each acquisition and each graceful release
@@ -97,6 +98,19 @@ SELECT pg_backend_pid(),
        EXISTS (SELECT 1 FROM ({LOCKED_BY}) held WHERE held.pid = pg_backend_pid())
 """
 
+
+# A promoted standby: it replayed WAL since its postmaster started, on a timeline
+# after the first (each promotion starts a new one; the timeline is the first 8 hex
+# digits of a WAL file's name). Then: whether that timeline has no checkpoint yet (a
+# promotion requests one), and the age of the last checkpoint.
+TIMELINE = "('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int"
+PROMOTED_SINCE_START = f"SELECT pg_last_wal_replay_lsn() IS NOT NULL AND {TIMELINE} > 1"
+RECOVERED = f"""
+SELECT ({PROMOTED_SINCE_START}), {TIMELINE} <> c.timeline_id,
+       extract(epoch FROM now() - c.checkpoint_time)::float8
+FROM pg_control_checkpoint() c
+"""
+PROMOTED = "the server is a standby promoted {when}, and advisory locks are not replicated"
 
 # How long a newcomer waits when it did not see the previous holder release: a holder
 # whose lock session ended sees its socket close at once and SIGKILLs its child.
@@ -335,6 +349,8 @@ class PostgresBackend(Backend):
             reset = "the previous holder lost its lock but may not have stopped its child yet"
         elif uptime < self.ttl:
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
+        else:
+            reset = self._recovered()
         token = secrets.token_hex(16)
         held = Held(token, key, int(fencing), beacon, now_pid, bool(beacon_free), unflushed)
         self._held[name] = held
@@ -348,6 +364,35 @@ class PostgresBackend(Backend):
             hold_off=0.0 if announced else HOLD_OFF,
             hold_off_reason="" if announced else UNANNOUNCED,
         )
+
+    def _recovered(self) -> str:
+        """Why a lock held before may be lost although the postmaster is old: the server
+        is a standby promoted less than a ttl ago. "" when it is not."""
+        try:
+            row = self._run("_lock_conn", RECOVERED)
+        except BackendRejected as exc:
+            if not isinstance(exc.__cause__, NOT_EXECUTABLE):
+                raise
+            row = None  # pg_control_checkpoint revoked, or a server older than 10
+        if row is None:
+            try:
+                (replayed,) = self._run("_lock_conn", PROMOTED_SINCE_START)
+            except BackendRejected as exc:
+                if not isinstance(exc.__cause__, NOT_EXECUTABLE):
+                    raise
+                return ""
+            return PROMOTED.format(when="since it started") if replayed else ""
+        promoted, timeline_pending, checkpoint_age = row
+        if not promoted:
+            return ""
+        if timeline_pending:
+            return PROMOTED.format(when="and has not completed a checkpoint since")
+        # The first checkpoint after the promotion starts after it, so the promotion is
+        # at least as old as the last checkpoint (a later checkpoint only makes this
+        # cautious for a while); checkpoint_time has whole seconds.
+        if checkpoint_age < self.ttl + 1:
+            return PROMOTED.format(when=f"at most {checkpoint_age + 1:.0f}s ago")
+        return ""
 
     def _refuse_shared_session(self) -> None:
         """Our two connections run on one server session: a pooler in transaction mode
