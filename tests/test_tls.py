@@ -120,6 +120,11 @@ def test_wrong_ca_fails_at_once_with_exit_3(
     wrong = target(servers, kind, ca=server.pki.other_ca)
     secret = getattr(server, "PASSWORD", None)
     assert_refused_once(wrong.run("--name", "tls-ca", "--", "true"), secret)
+    status = run_cli(
+        "status", "--backend", kind, "--url", wrong.url, "--name", "tls-ca", env=wrong.env
+    )
+    assert status.returncode == 3, status.stderr
+    assert "TLS certificate verification failed" in status.stderr
 
 
 @pytest.mark.parametrize("kind", KINDS)
