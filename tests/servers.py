@@ -214,6 +214,10 @@ class PostgresServer(ServerProcess):
         [(seconds,)] = self.sql("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
         return float(seconds)  # type: ignore[arg-type]
 
+    def settings(self) -> list[str]:
+        """More `-c name=value` arguments (subclasses: TLS, replication)."""
+        return []
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
@@ -232,6 +236,7 @@ class PostgresServer(ServerProcess):
                 "full_page_writes=off",
                 "-c",
                 "max_connections=300",
+                *self.settings(),
             ],
             user=self.run_as,
             stdout=subprocess.DEVNULL,

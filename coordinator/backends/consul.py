@@ -33,9 +33,10 @@ import consul.callback
 import consul.exceptions
 import requests
 
+from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
-from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
+from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 
 MIN_TTL = 10.0  # Consul refuses session TTLs below 10 s
 FREE_POLL = 0.5  # a free key that cannot be locked is inside its lock-delay
@@ -112,6 +113,9 @@ class ConsulBackend(Backend):
                 raise Conflict(f"consul at {self.where}: {text}") from exc
             raise BackendUnavailable(f"consul at {self.where}: {text}") from exc
         except requests.exceptions.SSLError as exc:
+            if tls.verification_failed(exc):
+                text = " ".join(str(exc).split())[:300]
+                raise BackendRejected(tls.describe("consul", self.where, text)) from exc
             raise BackendUnavailable(f"consul at {self.where}: TLS error: {exc}") from exc
         except (consul.ConsulException, requests.RequestException, ValueError) as exc:
             text = " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -16,8 +16,9 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 - Standbys block in pg_advisory_lock with a lock_timeout: when the holder's session
   ends (crash, graceful release) the server grants the lock to one of them at once.
 - The lock can vanish while its holder runs (pg_terminate_backend, a server restart).
-  A newcomer that finds the beacon still held, or a server started less than a ttl
-  ago, gets a lease marked state_reset and waits the safety delay.
+  A newcomer that finds the beacon still held, a server started less than a ttl
+  ago, or a standby promoted less than a ttl ago (advisory locks are not replicated;
+  see _recovered), gets a lease marked state_reset and waits the safety delay.
 - Every session of a live holder can end at once (pg_terminate_backend on all of
   them, a pooler restart, a reset of both connections): the lock and the beacon are
   then free together, as after a crash. Each acquisition and each graceful release
@@ -52,6 +53,7 @@ import psycopg.conninfo
 import psycopg.errors
 import psycopg.sql
 
+from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
@@ -96,6 +98,19 @@ SELECT pg_backend_pid(),
        EXISTS (SELECT 1 FROM ({LOCKED_BY}) held WHERE held.pid = pg_backend_pid())
 """
 
+
+# A promoted standby: it replayed WAL since its postmaster started, on a timeline
+# after the first (each promotion starts a new one; the timeline is the first 8 hex
+# digits of a WAL file's name). Then: whether that timeline has no checkpoint yet (a
+# promotion requests one), and the age of the last checkpoint.
+TIMELINE = "('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int"
+PROMOTED_SINCE_START = f"SELECT pg_last_wal_replay_lsn() IS NOT NULL AND {TIMELINE} > 1"
+RECOVERED = f"""
+SELECT ({PROMOTED_SINCE_START}), {TIMELINE} <> c.timeline_id,
+       extract(epoch FROM now() - c.checkpoint_time)::float8
+FROM pg_control_checkpoint() c
+"""
+PROMOTED = "the server is a standby promoted {when}, and advisory locks are not replicated"
 
 # How long a newcomer waits when it did not see the previous holder release: a holder
 # whose lock session ended sees its socket close at once and SIGKILLs its child.
@@ -257,6 +272,8 @@ class PostgresBackend(Backend):
     def _translate(self, exc: Exception) -> Exception:
         text = first_line(exc)
         state = getattr(exc, "sqlstate", None)
+        if tls.verification_failed(exc):
+            return BackendRejected(tls.describe("postgres", self.where, text))
         if state in REJECTED_STATES or REJECTED_TEXT.search(text):
             return BackendRejected(f"postgres at {self.where} refused us: {text}")
         return BackendUnavailable(f"postgres at {self.where}: {text}")
@@ -322,12 +339,18 @@ class PostgresBackend(Backend):
             wal_end, flushed = self._run("_lock_conn", WAL_END)
             unflushed = None if flushed else wal_end
         self._beacon_connection()
-        (beacon_free,) = self._run("_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (beacon,))
+        beacon_free, beacon_pid = self._run(
+            "_beacon_conn", "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (beacon,)
+        )
+        if beacon_pid == now_pid:
+            self._refuse_shared_session()
         reset = ""
         if not beacon_free:
             reset = "the previous holder lost its lock but may not have stopped its child yet"
         elif uptime < self.ttl:
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
+        else:
+            reset = self._recovered()
         token = secrets.token_hex(16)
         held = Held(token, key, int(fencing), beacon, now_pid, bool(beacon_free), unflushed)
         self._held[name] = held
@@ -340,6 +363,49 @@ class PostgresBackend(Backend):
             ready=held.ready,
             hold_off=0.0 if announced else HOLD_OFF,
             hold_off_reason="" if announced else UNANNOUNCED,
+        )
+
+    def _recovered(self) -> str:
+        """Why a lock held before may be lost although the postmaster is old: the server
+        is a standby promoted less than a ttl ago. "" when it is not."""
+        try:
+            row = self._run("_lock_conn", RECOVERED)
+        except BackendRejected as exc:
+            if not isinstance(exc.__cause__, NOT_EXECUTABLE):
+                raise
+            row = None  # pg_control_checkpoint revoked, or a server older than 10
+        if row is None:
+            try:
+                (replayed,) = self._run("_lock_conn", PROMOTED_SINCE_START)
+            except BackendRejected as exc:
+                if not isinstance(exc.__cause__, NOT_EXECUTABLE):
+                    raise
+                return ""
+            return PROMOTED.format(when="since it started") if replayed else ""
+        promoted, timeline_pending, checkpoint_age = row
+        if not promoted:
+            return ""
+        if timeline_pending:
+            return PROMOTED.format(when="and has not completed a checkpoint since")
+        # The first checkpoint after the promotion starts after it, so the promotion is
+        # at least as old as the last checkpoint (a later checkpoint only makes this
+        # cautious for a while); checkpoint_time has whole seconds.
+        if checkpoint_age < self.ttl + 1:
+            return PROMOTED.format(when=f"at most {checkpoint_age + 1:.0f}s ago")
+        return ""
+
+    def _refuse_shared_session(self) -> None:
+        """Our two connections run on one server session: a pooler in transaction mode
+        hands an idle server session to whichever client asks next. The pooler keeps
+        that session, so the locks just taken in it are let go before we refuse."""
+        for attr in ("_beacon_conn", "_lock_conn"):
+            with contextlib.suppress(BackendUnavailable, BackendRejected):
+                self._run(attr, "SELECT pg_advisory_unlock_all()")
+        self._drop("_beacon_conn")
+        raise BackendRejected(
+            f"postgres at {self.where}: the lock and beacon connections ran in the same "
+            "server session; a pooler in transaction mode (PgBouncer) breaks session "
+            "advisory locks: connect to PostgreSQL directly or use session pooling"
         )
 
     def _take_token(self, lock: str, node: str, chan: str) -> tuple[int, int, float]:

@@ -29,6 +29,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease, json_object
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
@@ -123,6 +124,8 @@ RESETS = {
 def translate(exc: Exception, where: str) -> Exception:
     """Map a redis-py error to the contract's outcomes."""
     text = str(exc) or type(exc).__name__
+    if tls.verification_failed(exc):
+        return BackendRejected(tls.describe("redis", where, text))
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
         return BackendRejected(f"redis at {where} refused us: {text}")
     if isinstance(exc, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
