@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from coordinator import redact
 from coordinator.config import Config
 from coordinator.errors import ConfigError, MissingDependency
 
@@ -52,6 +54,21 @@ class Observer:
 
     def closed(self) -> None:
         """The supervisor loop has ended."""
+
+
+# Characters that would split a text log line or drive a terminal: C0, DEL, C1, and
+# Unicode's line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: control characters written as \\n, \\t or \\xNN."""
+    return CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def local_time(epoch: float) -> str:
+    """Wall-clock time with milliseconds and the UTC offset, for text log lines."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
 
 
 def iso(epoch: float | None) -> str | None:
@@ -90,7 +107,7 @@ class StatusFile:
     def _write(self) -> None:
         # Write beside the target and rename over it, so readers never see half a file.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.document()) + "\n")
+        tmp.write_text(json.dumps(redact.clean(self.document())) + "\n")
         os.replace(tmp, self.path)
 
     def _run(self) -> None:
@@ -235,9 +252,18 @@ class Tracker(Observer):
         }
 
 
+class TextFormatter(logging.Formatter):
+    """TIME coordinator[PID] LEVEL sentence, one line per record whatever the sentence
+    holds (a lock name with a newline is written as \\n)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when, message = local_time(record.created), escape(record.getMessage())
+        return f"{when} coordinator[{record.process}] {record.levelname} {message}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers. Messages are the same sentences as
-    the text format (backends redact passwords before they reach a message)."""
+    the text format (secrets are removed by coordinator.redact.LogFilter before)."""
 
     def __init__(self, config: Config, tracker: Tracker | None) -> None:
         super().__init__()

@@ -43,6 +43,7 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 
+from coordinator import redact
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
@@ -97,17 +98,14 @@ def key_parts(key: int) -> dict[str, int]:
 
 
 def redact_conninfo(conninfo: str) -> str:
-    if "://" in conninfo:
-        return redact_url(conninfo)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)
+    return redact_url(conninfo)
 
 
 def scrub(message: str, conninfo: str) -> str:
     """libpq's message about `conninfo`, which may quote the URI or a part of it, with
     the URI and its password hidden."""
-    message = message.replace(conninfo, redact_conninfo(conninfo))
-    secret = re.match(r"[^:/]+://[^/@]*?:([^@/]+)@", conninfo)
-    return message.replace(secret.group(1), "***") if secret else message
+    redact.register_url(conninfo)
+    return redact.redact(message.replace(conninfo, redact_conninfo(conninfo)))
 
 
 def first_line(exc: Exception) -> str:
