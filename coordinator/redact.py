@@ -11,9 +11,11 @@ redis-py and the Consul client each have their own rules):
 - values: the secrets themselves, as found in the configuration and in the variables
   the backends read (see `register_environment`), are registered at start in every form
   a client could parse them (raw, percent-decoded, percent-encoded) and replaced
-  wherever they appear, whatever the text around them. Values shorter than
-  MIN_SECRET characters are not replaced as free text (they would erase ordinary
-  words and numbers); the shapes above still hide them inside URLs.
+  wherever they appear, whatever the text around them. A client that chokes on a
+  password may quote only a piece of it, so any FRAGMENT characters in a row taken
+  from a registered value are replaced too. Values shorter than MIN_SECRET characters
+  are not replaced as free text (they would erase ordinary words and numbers); the
+  shapes above still hide them inside URLs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 MASK = "***"
 MIN_SECRET = 4
+FRAGMENT = 6
 
 # The variables the backends read an address or a secret from.
 URL_VARIABLES = ("COORDINATOR_URL", "REDIS_URL", "DATABASE_URL", "CONSUL_HTTP_ADDR")
@@ -45,11 +48,12 @@ KEYWORD_SECRET = re.compile(
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()  # longest first, so a secret's substrings go with it
+_fragments: frozenset[str] = frozenset()  # every FRAGMENT-long piece of a secret
 
 
 def register(*values: str | None) -> None:
     """Hide these values (and their percent-decoded and -encoded forms) from now on."""
-    global _secrets
+    global _secrets, _fragments
     found = set(_secrets)
     for value in values:
         if not value:
@@ -57,8 +61,10 @@ def register(*values: str | None) -> None:
         for form in (value, unquote(value), unquote_plus(value), quote(value, safe="")):
             if len(form) >= MIN_SECRET and form != MASK:
                 found.add(form)
+    pieces = {form[i : i + FRAGMENT] for form in found for i in range(len(form) - FRAGMENT + 1)}
     with _lock:
         _secrets = tuple(sorted(found, key=len, reverse=True))
+        _fragments = frozenset(pieces)
 
 
 def url_secrets(url: str) -> list[str]:
@@ -132,11 +138,28 @@ def redact(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    if _fragments:
+        text = _mask_fragments(text, _fragments)
     if "://" in text:
         text = URL_AUTHORITY.sub(_authority, text)
     if "=" in text:
         text = QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
         text = KEYWORD_SECRET.sub(rf"\g<1>{MASK}", text)
+    return text
+
+
+def _mask_fragments(text: str, fragments: frozenset[str]) -> str:
+    """Replace every run of text covered by FRAGMENT-long pieces of a secret."""
+    covered_to, spans = -1, list[list[int]]()
+    for i in range(len(text) - FRAGMENT + 1):
+        if text[i : i + FRAGMENT] in fragments:
+            if spans and i <= covered_to:
+                spans[-1][1] = i + FRAGMENT
+            else:
+                spans.append([i, i + FRAGMENT])
+            covered_to = i + FRAGMENT
+    for start, end in reversed(spans):
+        text = text[:start] + MASK + text[end:]
     return text
 
 
@@ -167,6 +190,6 @@ class LogFilter(logging.Filter):
 
 def reset() -> None:
     """Forget every registered secret (for tests)."""
-    global _secrets
+    global _secrets, _fragments
     with _lock:
-        _secrets = ()
+        _secrets, _fragments = (), frozenset()
