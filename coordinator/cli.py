@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -316,10 +319,39 @@ def status(
     return show(config, as_json, timeout)
 
 
-def fail(message: str, code: int) -> NoReturn:
-    from coordinator.observe import escape
+def wants_json(args: list[str]) -> bool:
+    """--log-format json on this command line (before '--') or in the environment."""
+    chosen = os.environ.get("COORDINATOR_LOG_FORMAT", "text")
+    for index, word in enumerate(args):
+        if word == "--":
+            break
+        if word == "--log-format" and index + 1 < len(args):
+            chosen = args[index + 1]
+        elif word.startswith("--log-format="):
+            chosen = word.split("=", 1)[1]
+    return chosen == "json"
 
-    sys.stderr.write(f"coordinator: error: {escape(redact.redact(message))}\n")
+
+# Set by main(): the error line follows --log-format too.
+_error_as_json = False
+
+
+def fail(message: str, code: int) -> NoReturn:
+    from coordinator.observe import escape, iso
+
+    text = redact.redact(message)
+    if _error_as_json:
+        line = {
+            "ts": iso(time.time()),
+            "level": "error",
+            "message": f"error: {text}",
+            "pid": os.getpid(),
+            "event": "error",
+            "exit_code": code,
+        }
+        sys.stderr.write(json.dumps(line, ensure_ascii=False) + "\n")
+    else:
+        sys.stderr.write(f"coordinator: error: {escape(text)}\n")
     sys.exit(code)
 
 
@@ -328,6 +360,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # Before anything can fail: the secrets every output must hide.
     redact.register_environment()
     redact.register_arguments(args)
+    global _error_as_json
+    _error_as_json = args[:1] != ["status"] and wants_json(args)
     # `coordinator status ...` is the status command; anything else, `coordinator --
     # status` included, runs a command. A group would read the child's first word as a
     # subcommand name.
