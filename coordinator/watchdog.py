@@ -14,8 +14,8 @@ it), imports only the standard library and is started with `python -I -S`, so it
 a few megabytes and milliseconds. It is started with the first child and lives as long
 as its supervisor.
 
-Its lines follow --log-format: the supervisor passes the format, the lock name and the
-node id as one JSON argument (see `configure`).
+Its lines follow --log-format: the supervisor passes the format, and the lock name and
+node id hex-encoded (any character survives argv), as arguments (see `configure`).
 
 Protocol, one line each on the watchdog's stdin:
     run PGID KILL_AT   a child runs in group PGID; kill it at KILL_AT (time.monotonic())
@@ -26,7 +26,6 @@ Protocol, one line each on the watchdog's stdin:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import select
@@ -34,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from typing import IO
 
 # How the watchdog writes its lines; set by configure() in the supervisor, passed on.
@@ -46,13 +44,23 @@ def configure(log_format: str, name: str, node_id: str) -> None:
     _settings.update(format=log_format, name=name, node_id=node_id)
 
 
+def _timestamp(now: float, utc: bool) -> str:
+    """As the supervisor's formatters write it: milliseconds and the UTC offset."""
+    moment = time.gmtime(now) if utc else time.localtime(now)
+    offset = "+0000" if utc else time.strftime("%z", moment)
+    ms = int(now % 1 * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', moment)}.{ms:03d}{offset[:3]}:{offset[3:]}"
+
+
 def _line(text: str, settings: dict[str, str], event: str) -> str:
     """One warning, as the supervisor's text or JSON formatter would write it."""
     now = time.time()
     if settings.get("format") == "json":
+        import json  # only here: the watchdog stays small
+
         return json.dumps(
             {
-                "ts": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+                "ts": _timestamp(now, utc=True),
                 "level": "warning",
                 "message": f"watchdog: {text}",
                 "name": settings.get("name", ""),
@@ -62,8 +70,22 @@ def _line(text: str, settings: dict[str, str], event: str) -> str:
             },
             ensure_ascii=False,
         )
-    when = datetime.fromtimestamp(now).astimezone().isoformat(timespec="milliseconds")
-    return f"{when} coordinator[{os.getpid()}] WARNING watchdog: {text}"
+    return f"{_timestamp(now, utc=False)} coordinator[{os.getpid()}] WARNING watchdog: {text}"
+
+
+def _arguments() -> list[str]:
+    return [
+        _settings["format"],
+        _settings["name"].encode("utf-8", "surrogateescape").hex(),
+        _settings["node_id"].encode("utf-8", "surrogateescape").hex(),
+    ]
+
+
+def _parse(args: list[str]) -> dict[str, str]:
+    if len(args) != 3:
+        return {}
+    name, node = (bytes.fromhex(word).decode("utf-8", "replace") for word in args[1:])
+    return {"format": args[0], "name": name, "node_id": node}
 
 
 def _say(text: str, settings: dict[str, str], event: str) -> None:
@@ -137,7 +159,7 @@ class Watchdog:
         read, write = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(_settings)],
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), *_arguments()],
                 stdin=read,
                 close_fds=True,
                 start_new_session=True,
@@ -199,4 +221,4 @@ class Watchdog:
 
 
 if __name__ == "__main__":
-    serve(settings=json.loads(sys.argv[1]) if len(sys.argv) > 1 else None)
+    serve(settings=_parse(sys.argv[1:]))

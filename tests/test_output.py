@@ -91,9 +91,11 @@ def test_the_error_line_follows_the_log_format() -> None:
 def watchdog_line(log_format: str) -> str:
     """What the watchdog writes when it kills a group whose moment passed."""
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    settings = json.dumps({"format": log_format, "name": "n\x01", "node_id": "id-1"})
+    watchdog.configure(log_format, "n\x01", "id-1")
+    arguments = watchdog._arguments()
+    watchdog.configure("text", "", "")
     dog = subprocess.Popen(
-        [sys.executable, "-I", "-S", watchdog.__file__, settings],
+        [sys.executable, "-I", "-S", watchdog.__file__, *arguments],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
