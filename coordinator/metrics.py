@@ -183,17 +183,24 @@ def make_handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 text = generate_latest(metrics.registry).decode()
-                self._send(200, CONTENT_TYPE_LATEST, text, with_body)
+                # Only coordinator_info carries strings from outside (name, node id):
+                # redacting metric names could mangle them (a password piece such as
+                # "proces" would hide process_*).
+                lines = text.split("\n")
+                for i, line in enumerate(lines):
+                    if line.startswith("coordinator_info{"):
+                        lines[i] = redact.redact(line)
+                self._send(200, CONTENT_TYPE_LATEST, "\n".join(lines), with_body)
             elif path == "/healthz":
                 healthy, text = metrics.tracker.health()
-                body = f"{'ok' if healthy else 'unhealthy'}: {text}\n"
+                body = redact.redact(f"{'ok' if healthy else 'unhealthy'}: {text}\n")
                 self._send(200 if healthy else 503, "text/plain; charset=utf-8", body, with_body)
             else:
                 body = "not found: try /metrics or /healthz\n"
                 self._send(404, "text/plain; charset=utf-8", body, with_body)
 
         def _send(self, code: int, content_type: str, text: str, with_body: bool) -> None:
-            body = redact.redact(text).encode()
+            body = text.encode()
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
