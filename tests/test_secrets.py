@@ -234,6 +234,7 @@ def test_an_unparsable_address_is_one_line_without_the_password(
 
 
 def test_consul_token_never_shows(tmp_path: Path) -> None:
+    (tmp_path / "consul").mkdir()
     server = ConsulServer(tmp_path / "consul")
     try:
         host = f"127.0.0.1:{server.port}"
