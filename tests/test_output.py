@@ -255,3 +255,23 @@ def test_metrics_server_shrugs_off_clients_that_reset(tmp_path: Path) -> None:
     assert "Traceback" not in out and "Exception" not in out, out
     # Measured: 20 resets took 2 s and the next probe 1 s before; a few ms now.
     assert spent < 1.0, spent
+
+
+def test_status_text_keeps_one_field_per_line(redis_url: str) -> None:
+    """A holder whose node id holds a newline cannot forge lines in `status`."""
+    from coordinator.backends.base import HolderInfo
+    from tests.store import Store
+
+    store = Store("redis", redis_url, f"test-{os.getpid()}/")
+    backend = store.backend("odd")
+    lease = backend.acquire("odd", HolderInfo(node_id="n1\n  fencing token: 1\x1b[2J"))
+    assert lease is not None
+    try:
+        result = run_cli("status", *store.cli_args(), "--name", "odd")
+    finally:
+        backend.release(lease)
+        backend.close()
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.endswith("held by n1\\n  fencing token: 1\\x1b[2J"), result.stdout
+    assert result.stdout.count("fencing token:") == 2  # the escaped one and the real one
