@@ -131,8 +131,10 @@ def test_a_supervisor_passes_its_log_format_to_its_watchdog(tmp_path: Path) -> N
         *("--url", str(tmp_path / "locks"), "--name", "w", "--ttl", "3", "--grace", "1"),
         *("--log-format", "json", "--", *SLEEPER),
     )
-    read_until(proc, '"event": "running"')
-    proc.kill()
+    try:
+        read_until(proc, '"event": "running"')
+    finally:
+        proc.kill()  # SIGKILL: the watchdog is left to kill the child
     out, _ = proc.communicate(timeout=20)
     records = [json.loads(line) for line in out.splitlines()]
     assert any(r.get("event") == "watchdog_kill" and r["name"] == "w" for r in records), out
@@ -220,11 +222,13 @@ def test_a_child_stopped_by_sigstop_is_reported(tmp_path: Path) -> None:
         *("--url", str(tmp_path / "locks"), "--name", "s", "--ttl", "3", "--grace", "1"),
         *("--", *SLEEPER),
     )
-    started = read_until(proc, "started the child")
-    child = int(re.findall(r"started the child, pid (\d+)", started)[0])
-    os.kill(child, signal.SIGSTOP)
-    read_until(proc, f"the child (pid {child}) is stopped by SIGSTOP")
-    stop_cli(proc)
+    try:
+        started = read_until(proc, "started the child")
+        child = int(re.findall(r"started the child, pid (\d+)", started)[0])
+        os.kill(child, signal.SIGSTOP)
+        read_until(proc, f"the child (pid {child}) is stopped by SIGSTOP")
+    finally:
+        stop_cli(proc)
 
 
 # -- the HTTP endpoints ----------------------------------------------------------------
