@@ -86,6 +86,19 @@ class Child:
         code = self.process.poll()
         return None if code is None else exit_code(code)
 
+    def stopped_by(self) -> int | None:
+        """The signal that stopped the child (SIGTTIN, SIGSTOP, ...) if it stopped since
+        the last call, else None. Does not reap it: poll() still sees its exit."""
+        if self.process.returncode is not None:
+            return None
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOHANG)
+        except ChildProcessError:  # reaped meanwhile
+            return None
+        if info is None or info.si_code != os.CLD_STOPPED:
+            return None
+        return int(info.si_status)
+
     def signal(self, signum: int) -> None:
         """Forward a signal to the command itself."""
         if self.process.returncode is None:

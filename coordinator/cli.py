@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from coordinator import __version__
+from coordinator import __version__, redact
 from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
 from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
 
@@ -88,19 +91,16 @@ def _version(value: bool) -> None:
 def setup_logging(
     level: str, json_for: Config | None = None, tracker: Tracker | None = None
 ) -> None:
-    """Text lines on stderr, or JSON lines when `json_for` gives the config to describe."""
-    handler = logging.StreamHandler(sys.stderr)
-    if json_for is not None:
-        from coordinator.observe import JsonFormatter
+    """Text lines on stderr, or JSON lines when `json_for` gives the config to describe.
+    Either way every line goes through coordinator.redact first."""
+    from coordinator import observe
 
-        handler.setFormatter(JsonFormatter(json_for, tracker))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(redact.LogFilter())
+    if json_for is not None:
+        handler.setFormatter(observe.JsonFormatter(json_for, tracker))
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s coordinator[%(process)d] %(levelname)s %(message)s",
-                datefmt="%Y-%m-%dT%H:%M:%S",
-            )
-        )
+        handler.setFormatter(observe.TextFormatter())
     root = logging.getLogger("coordinator")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -230,9 +230,11 @@ def run(
     ] = False,
 ) -> int:
     """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
-    from coordinator import observe
+    from coordinator import observe, watchdog
     from coordinator.backends import create_backend
     from coordinator.supervisor import Supervisor
+
+    redact.register_url(url)
 
     kwargs: dict[str, object] = {}
     if node_id:
@@ -255,9 +257,12 @@ def run(
         raise ConfigError(
             f"unknown log format {log_format!r} (choose from {', '.join(observe.LOG_FORMATS)})"
         )
+    json_for = config if log_format == "json" else None
+    setup_logging(log_level, json_for)  # what creating the backend logs is redacted too
+    watchdog.configure(log_format, config.name, config.node_id)
     store = create_backend(config)
     tracker = observe.Tracker(config, status_file)
-    setup_logging(log_level, config if log_format == "json" else None, tracker)
+    setup_logging(log_level, json_for, tracker)
     observer = observe.start(config, tracker, metrics_address)
     return Supervisor(config, store, observer).run()
 
@@ -298,6 +303,7 @@ def status(
     time left."""
     from coordinator.status import status as show
 
+    redact.register_url(url)
     if not name and not command:
         raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
     if not timeout > 0:
@@ -313,13 +319,49 @@ def status(
     return show(config, as_json, timeout)
 
 
+def wants_json(args: list[str]) -> bool:
+    """--log-format json on this command line (before '--') or in the environment."""
+    chosen = os.environ.get("COORDINATOR_LOG_FORMAT", "text")
+    for index, word in enumerate(args):
+        if word == "--":
+            break
+        if word == "--log-format" and index + 1 < len(args):
+            chosen = args[index + 1]
+        elif word.startswith("--log-format="):
+            chosen = word.split("=", 1)[1]
+    return chosen == "json"
+
+
+# Set by main(): the error line follows --log-format too.
+_error_as_json = False
+
+
 def fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"coordinator: error: {message}\n")
+    from coordinator.observe import escape, iso
+
+    text = redact.redact(message)
+    if _error_as_json:
+        line = {
+            "ts": iso(time.time()),
+            "level": "error",
+            "message": f"error: {text}",
+            "pid": os.getpid(),
+            "event": "error",
+            "exit_code": code,
+        }
+        sys.stderr.write(json.dumps(line, ensure_ascii=False) + "\n")
+    else:
+        sys.stderr.write(f"coordinator: error: {escape(text)}\n")
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
+    # Before anything can fail: the secrets every output must hide.
+    redact.register_environment()
+    redact.register_arguments(args)
+    global _error_as_json
+    _error_as_json = args[:1] != ["status"] and wants_json(args)
     # `coordinator status ...` is the status command; anything else, `coordinator --
     # status` included, runs a command. A group would read the child's first word as a
     # subcommand name.

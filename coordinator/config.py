@@ -8,9 +8,11 @@ import re
 import shlex
 import socket
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from coordinator.errors import ConfigError
+from coordinator.redact import redact_url
+
+__all__ = ["Config", "default_name", "default_node_id", "redact_url"]
 
 DEFAULT_TTL = 10.0
 DEFAULT_GRACE = 3.0
@@ -34,36 +36,6 @@ def default_name(command: tuple[str, ...]) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", " ".join(words)).strip("-")[:48]
     digest = hashlib.sha256(shlex.join(words).encode()).hexdigest()[:12]
     return f"{readable}-{digest}"
-
-
-# Query parameters that carry a secret: libpq and redis-py both accept ?password=.
-SECRET_PARAMETER = re.compile(
-    r"((?:^|&)[^=&]*(?:password|passwd|token|secret)[^=&]*=)[^&]*", re.IGNORECASE
-)
-
-
-def redact_url(url: str | None) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
-    if not url:
-        return ""
-    try:
-        parts = urlsplit(url)
-        query = SECRET_PARAMETER.sub(r"\1***", parts.query)
-        if parts.password is None and query == parts.query:
-            return url
-        netloc = parts.netloc
-        if parts.password is not None:
-            user = parts.username or ""
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            port = f":{parts.port}" if parts.port else ""
-            netloc = f"{user}:***@{host}{port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        # A URL too broken to parse may still hold a secret: show only its scheme.
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        return f"{scheme}://***" if scheme else "***"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,7 +30,7 @@ from prometheus_client import (
     process_collector,
 )
 
-from coordinator import __version__
+from coordinator import __version__, redact
 from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.observe import REASONS, Observer, Tracker
@@ -101,6 +103,12 @@ class Metrics(Observer):
         self.child_starts = Counter(
             "coordinator_child_starts", "Times the child was started.", registry=registry
         )
+        self.client_errors = Counter(
+            "coordinator_http_client_errors",
+            "HTTP requests to /metrics or /healthz that failed on the client's side (hung up "
+            "early, reset, timed out) or were refused for too many at once.",
+            registry=registry,
+        )
         self.state.state("starting")
         self._leading = False
         self.server: ThreadingHTTPServer | None = None  # set by serve()
@@ -149,27 +157,56 @@ class Metrics(Observer):
         self.state.state("stopped")
 
 
+# Errors that mean the client went away or stalled (hung up early, reset, timed out):
+# counted and logged at debug, never a traceback.
+CLIENT_ERRORS = (ConnectionError, TimeoutError)
+# At most this many requests are served at once; more are closed at once, so a flood
+# of connections cannot pile up threads in the supervisor's process.
+MAX_CONCURRENT = 8
+# A client must send its request and take the answer within this many seconds.
+CLIENT_TIMEOUT = 5.0
+
+log = logging.getLogger("coordinator")
+
+
 def make_handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = CLIENT_TIMEOUT
+
         def do_GET(self) -> None:
+            self._answer(with_body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(with_body=False)
+
+        def _answer(self, with_body: bool) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
+                text = generate_latest(metrics.registry).decode()
+                # Only coordinator_info carries strings from outside (name, node id):
+                # redacting metric names could mangle them (a password piece such as
+                # "proces" would hide process_*).
+                lines = text.split("\n")
+                for i, line in enumerate(lines):
+                    if line.startswith("coordinator_info{"):
+                        lines[i] = redact.redact(line)
+                self._send(200, CONTENT_TYPE_LATEST, "\n".join(lines), with_body)
             elif path == "/healthz":
                 healthy, text = metrics.tracker.health()
-                body = f"{'ok' if healthy else 'unhealthy'}: {text}\n".encode()
-                self._send(200 if healthy else 503, "text/plain; charset=utf-8", body)
+                body = redact.redact(f"{'ok' if healthy else 'unhealthy'}: {text}\n")
+                self._send(200 if healthy else 503, "text/plain; charset=utf-8", body, with_body)
             else:
-                self._send(
-                    404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
-                )
+                body = "not found: try /metrics or /healthz\n"
+                self._send(404, "text/plain; charset=utf-8", body, with_body)
 
-        def _send(self, code: int, content_type: str, body: bytes) -> None:
+        def _send(self, code: int, content_type: str, text: str, with_body: bool) -> None:
+            body = text.encode()
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if with_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes and probes every few seconds would drown the supervisor's log
@@ -179,12 +216,47 @@ def make_handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Room for a burst of probes: a full backlog makes clients retry their SYN a
+    # second later.
+    request_queue_size = 64
+    metrics: Metrics | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall on a broken
         # resolver; the name is not needed.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._client_error("too many requests at once: closed a connection unanswered")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, CLIENT_ERRORS):
+            self._client_error(f"a metrics client went away: {error}")
+        else:  # a bug: one line, no traceback
+            log.warning(
+                "the metrics server failed on a request: %s: %s", type(error).__name__, error
+            )
+
+    def _client_error(self, text: str) -> None:
+        if self.metrics is not None:
+            self.metrics.client_errors.inc()
+        log.debug(text)
 
 
 class Server6(Server):
@@ -197,6 +269,7 @@ def serve(config: Config, tracker: Tracker, host: str, port: int) -> Metrics:
     server_class = Server6 if ":" in host else Server
     try:
         server = server_class((host, port), make_handler(metrics))
+        server.metrics = metrics
     except OSError as exc:
         shown = f"[{host}]" if ":" in host else host
         raise ConfigError(f"cannot serve metrics on {shown}:{port}: {exc.strerror or exc}") from exc

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from coordinator import redact
 from coordinator.config import Config
 from coordinator.errors import ConfigError, MissingDependency
 
@@ -54,6 +56,21 @@ class Observer:
 
     def closed(self) -> None:
         """The supervisor loop has ended."""
+
+
+# Characters that would split a text log line or drive a terminal: C0, DEL, C1, and
+# Unicode's line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: control characters written as \\n, \\t or \\xNN."""
+    return CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+def local_time(epoch: float) -> str:
+    """Wall-clock time with milliseconds and the UTC offset, for text log lines."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
 
 
 def iso(epoch: float | None) -> str | None:
@@ -98,7 +115,7 @@ class StatusFile:
         )
         try:
             with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self.document()) + "\n")
+                f.write(json.dumps(redact.clean(self.document())) + "\n")
             os.chmod(tmp, 0o644)  # probes may run as another user; it holds no secret
             os.replace(tmp, self.path)
         except BaseException:
@@ -248,9 +265,18 @@ class Tracker(Observer):
         }
 
 
+class TextFormatter(logging.Formatter):
+    """TIME coordinator[PID] LEVEL sentence, one line per record whatever the sentence
+    holds (a lock name with a newline is written as \\n)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when, message = local_time(record.created), escape(record.getMessage())
+        return f"{when} coordinator[{record.process}] {record.levelname} {message}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers. Messages are the same sentences as
-    the text format (backends redact passwords before they reach a message)."""
+    the text format (secrets are removed by coordinator.redact.LogFilter before)."""
 
     def __init__(self, config: Config, tracker: Tracker | None) -> None:
         super().__init__()

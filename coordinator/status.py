@@ -13,11 +13,12 @@ import threading
 import time
 from typing import Any
 
+from coordinator import redact
 from coordinator.backends import create_backend
 from coordinator.backends.base import Backend, HolderInfo
 from coordinator.config import Config
 from coordinator.errors import EXIT_FREE, EXIT_HELD, BackendUnavailable
-from coordinator.observe import iso
+from coordinator.observe import escape, iso
 
 
 def ask(backend: Backend, name: str, timeout: float) -> HolderInfo | None:
@@ -105,10 +106,17 @@ def status(config: Config, as_json: bool, timeout: float) -> int:
         holder = ask(backend, config.name, timeout)
     except BackendUnavailable as exc:
         if as_json:
-            print(json.dumps(describe(config, where, None) | {"held": None, "error": str(exc)}))
+            report = describe(config, where, None) | {"held": None, "error": str(exc)}
+            print(json.dumps(redact.clean(report)))
         raise BackendUnavailable(f"cannot tell who holds {where}: {exc}") from exc
     with contextlib.suppress(Exception):  # best effort: the answer is already in
         backend.close()
     report = describe(config, where, holder)
-    print(json.dumps(report) if as_json else render(report))
+    # Every value is redacted: a lock name or a node id is whatever the user or another
+    # node wrote. Text shows control characters escaped, one field per line.
+    report = redact.clean(report)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(render({key: escape(v) if isinstance(v, str) else v for key, v in report.items()}))
     return EXIT_HELD if holder is not None else EXIT_FREE

@@ -85,6 +85,7 @@ class Supervisor:
         self.events = Events()
         self.caller = Caller(self.events)
         self.watchdog = Watchdog()
+        self._holder_seen = ""  # the holder a standby logged last
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -164,9 +165,7 @@ class Supervisor:
                 )
                 if lease is not None:
                     return lease
-                if self.state is not State.STANDBY:
-                    holder = self._who_holds()
-                    self._enter(State.STANDBY, f"standing by: {self.where} is held by {holder}")
+                self._note_holder()
                 wait_for = cfg.ttl
                 if cfg.wait_timeout is not None:
                     wait_for = min(wait_for, cfg.wait_timeout - waited)
@@ -193,16 +192,29 @@ class Supervisor:
                 )
                 self._pause(delay)
 
-    def _who_holds(self) -> str:
-        """The holder as the backend describes it, for the log; one extra call, made
-        only when this node starts standing by."""
+    def _note_holder(self) -> None:
+        """After a failed acquisition: log when this node starts standing by, and each
+        time the holder (node or fencing token) changes after that. One holder() read
+        per failed acquisition, about one per ttl while nothing changes (what it costs
+        per backend: docs/observability.md)."""
         try:
             holder = self.caller.call(
                 self.backend.holder, self.config.name, timeout=self._call_timeout()
             )
         except (BackendUnavailable, BackendRejected):
             holder = None
-        if holder is None:  # released meanwhile
+        if self.state is not State.STANDBY:
+            self._holder_seen = self._describe_holder(holder)
+            self._enter(State.STANDBY, f"standing by: {self.where} is held by {self._holder_seen}")
+        elif holder is not None and (seen := self._describe_holder(holder)) != self._holder_seen:
+            self._holder_seen = seen
+            log.info(
+                "the holder of %s changed: now %s", self.where, seen, extra={"event": "holder"}
+            )
+
+    @staticmethod
+    def _describe_holder(holder: HolderInfo | None) -> str:
+        if holder is None:  # released meanwhile, or the backend could not tell
             return "another node"
         if holder.fencing_token is None:
             return holder.node_id
@@ -269,6 +281,8 @@ class Supervisor:
                 elif signum in FORWARDED and self.child is not None:
                     log.info("forwarding %s to the child", signame(signum))
                     self.child.signal(signum)
+                elif signum == signal.SIGCHLD and self.child is not None:
+                    self._report_stopped(self.child)
             if self.child is not None and (code := self.child.poll()) is not None:
                 self._reaped()
                 if code == 128 + signal.SIGKILL and time.monotonic() >= self._kill_at(lease):
@@ -368,6 +382,28 @@ class Supervisor:
         self.observer.child_started(self.child.pid)
         self._enter(State.RUNNING, f"started the child, pid {self.child.pid}")
 
+    def _report_stopped(self, child: Child) -> None:
+        """A child stopped by a signal holds the lease and does nothing: say so."""
+        if (signum := child.stopped_by()) is None:
+            return
+        if signum in (signal.SIGTTIN, signal.SIGTTOU):
+            log.warning(
+                "the child (pid %d) is stopped by %s: it tried to use the terminal, which "
+                "it cannot in its own process group; give it its input from a file or "
+                "/dev/null (docs/troubleshooting.md)",
+                child.pid,
+                signame(signum),
+                extra={"event": "child_stopped"},
+            )
+        else:
+            log.warning(
+                "the child (pid %d) is stopped by %s and holds the lease doing nothing "
+                "until it gets SIGCONT",
+                child.pid,
+                signame(signum),
+                extra={"event": "child_stopped"},
+            )
+
     def _reaped(self) -> None:
         """The child was reaped: kill what is left of its group, stand the watchdog down."""
         assert self.child is not None
@@ -399,6 +435,7 @@ class Supervisor:
                 kill_at - time.monotonic(),
             )
             child.signal_group(signal.SIGTERM)
+            child.signal_group(signal.SIGCONT)  # a stopped member handles TERM only once resumed
         while (code := child.poll()) is None:
             for signum in self.events.take():
                 if signum in STOPPING and not killed:

@@ -14,6 +14,9 @@ it), imports only the standard library and is started with `python -I -S`, so it
 a few megabytes and milliseconds. It is started with the first child and lives as long
 as its supervisor.
 
+Its lines follow --log-format: the supervisor passes the format, and the lock name and
+node id hex-encoded (any character survives argv), as arguments (see `configure`).
+
 Protocol, one line each on the watchdog's stdin:
     run PGID KILL_AT   a child runs in group PGID; kill it at KILL_AT (time.monotonic())
     until KILL_AT      the lease was renewed: the new moment
@@ -32,10 +35,62 @@ import sys
 import time
 from typing import IO
 
+# How the watchdog writes its lines; set by configure() in the supervisor, passed on.
+_settings = {"format": "text", "name": "", "node_id": ""}
 
-def _say(text: str) -> None:
+
+def configure(log_format: str, name: str, node_id: str) -> None:
+    """Watchdogs started from now on write their lines in this format, for this lock."""
+    _settings.update(format=log_format, name=name, node_id=node_id)
+
+
+def _timestamp(now: float, utc: bool) -> str:
+    """As the supervisor's formatters write it: milliseconds and the UTC offset."""
+    moment = time.gmtime(now) if utc else time.localtime(now)
+    offset = "+0000" if utc else time.strftime("%z", moment)
+    ms = int(now % 1 * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', moment)}.{ms:03d}{offset[:3]}:{offset[3:]}"
+
+
+def _line(text: str, settings: dict[str, str], event: str) -> str:
+    """One warning, as the supervisor's text or JSON formatter would write it."""
+    now = time.time()
+    if settings.get("format") == "json":
+        import json  # only here: the watchdog stays small
+
+        return json.dumps(
+            {
+                "ts": _timestamp(now, utc=True),
+                "level": "warning",
+                "message": f"watchdog: {text}",
+                "name": settings.get("name", ""),
+                "node_id": settings.get("node_id", ""),
+                "pid": os.getpid(),
+                "event": event,
+            },
+            ensure_ascii=False,
+        )
+    return f"{_timestamp(now, utc=False)} coordinator[{os.getpid()}] WARNING watchdog: {text}"
+
+
+def _arguments() -> list[str]:
+    return [
+        _settings["format"],
+        _settings["name"].encode("utf-8", "surrogateescape").hex(),
+        _settings["node_id"].encode("utf-8", "surrogateescape").hex(),
+    ]
+
+
+def _parse(args: list[str]) -> dict[str, str]:
+    if len(args) != 3:
+        return {}
+    name, node = (bytes.fromhex(word).decode("utf-8", "replace") for word in args[1:])
+    return {"format": args[0], "name": name, "node_id": node}
+
+
+def _say(text: str, settings: dict[str, str], event: str) -> None:
     with contextlib.suppress(OSError):
-        os.write(2, f"coordinator: watchdog: {text}\n".encode())
+        os.write(2, f"{_line(text, settings, event)}\n".encode())
 
 
 def _kill(pgid: int) -> bool:
@@ -46,8 +101,9 @@ def _kill(pgid: int) -> bool:
     return True
 
 
-def serve(stdin: int = 0) -> None:
+def serve(stdin: int = 0, settings: dict[str, str] | None = None) -> None:
     """The watchdog process's loop."""
+    settings = settings or {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         # It exits when the supervisor does (end of file), not on a terminal's or a
         # service manager's stop signal that the supervisor handles itself.
@@ -61,7 +117,11 @@ def serve(stdin: int = 0) -> None:
             data = os.read(stdin, 4096)
             if not data:
                 if pgid and _kill(pgid):
-                    _say(f"supervisor {supervisor} is gone: killed the child's group {pgid}")
+                    _say(
+                        f"supervisor {supervisor} is gone: killed the child's group {pgid}",
+                        settings,
+                        "watchdog_kill",
+                    )
                 return
             pending += data
             *lines, pending = pending.split(b"\n")
@@ -79,7 +139,9 @@ def serve(stdin: int = 0) -> None:
                 late = time.monotonic() - kill_at
                 _say(
                     f"supervisor {supervisor} did not renew the lease in time (it may be "
-                    f"frozen): killed the child's group {pgid} ({late * 1000:.0f} ms late)"
+                    f"frozen): killed the child's group {pgid} ({late * 1000:.0f} ms late)",
+                    settings,
+                    "watchdog_kill",
                 )
             pgid, kill_at = 0, math.inf
 
@@ -97,7 +159,7 @@ class Watchdog:
         read, write = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), *_arguments()],
                 stdin=read,
                 close_fds=True,
                 start_new_session=True,
@@ -159,4 +221,4 @@ class Watchdog:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(settings=_parse(sys.argv[1:]))

@@ -53,6 +53,7 @@ import psycopg.conninfo
 import psycopg.errors
 import psycopg.sql
 
+from coordinator import redact
 from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
@@ -136,17 +137,14 @@ def key_parts(key: int) -> dict[str, int]:
 
 
 def redact_conninfo(conninfo: str) -> str:
-    if "://" in conninfo:
-        return redact_url(conninfo)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo)
+    return redact_url(conninfo)
 
 
 def scrub(message: str, conninfo: str) -> str:
     """libpq's message about `conninfo`, which may quote the URI or a part of it, with
     the URI and its password hidden."""
-    message = message.replace(conninfo, redact_conninfo(conninfo))
-    secret = re.match(r"[^:/]+://[^/@]*?:([^@/]+)@", conninfo)
-    return message.replace(secret.group(1), "***") if secret else message
+    redact.register_url(conninfo)
+    return redact.redact(message.replace(conninfo, redact_conninfo(conninfo)))
 
 
 def first_line(exc: Exception) -> str:
