@@ -7,12 +7,14 @@ log: "<event> <pid> <ppid> <fencing token> <monotonic time>".
 Flags: --grandchild forks a grandchild that shares the flock (an orphan keeps it held);
 --wait-lock waits for the flock after a violation, so its "start" record tells when the
 earlier child was gone (the overlap's length); --ignore-term ignores SIGTERM, and
---ignore-term-if=PATH does so while PATH exists; --slow-stop=S takes S seconds to stop;
+--ignore-term-if=PATH does so while PATH exists; --slow-stop=S takes S seconds to stop,
+--slow-stop-if=PATH the seconds written in PATH while it exists;
 --exit-soon exits by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -61,6 +63,9 @@ def main() -> None:
             if flag.startswith("--slow-stop="):
                 # A child that needs a while to shut down widens any overlap.
                 time.sleep(float(flag.split("=", 1)[1]))
+            if flag.startswith("--slow-stop-if="):
+                with contextlib.suppress(OSError, ValueError), open(flag.split("=", 1)[1]) as f:
+                    time.sleep(float(f.read()))
         record(log, "stop")
         sys.exit(0)
 

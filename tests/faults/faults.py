@@ -100,6 +100,31 @@ def lock_removed(
     _takeover(bench, known, since, r)
 
 
+def session_destroyed_slow_stop(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """Consul: the holder's session destroyed out of band while its child takes most of
+    the grace to stop. The holder's watch sees it at once; the lock-delay covers the stop."""
+    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
+    try:
+        lock_removed(bench, node, child, known, r, rng)
+    finally:
+        bench.slow_stop.unlink()
+
+
+def agent_restart(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """Consul: the holder's agent restarts (a dev agent, so with everything it knew),
+    while the holder's child takes most of the grace to stop."""
+    assert bench.server is not None
+    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
+    try:
+        server_restart(bench, node, child, known, r, rng)
+    finally:
+        bench.slow_stop.unlink()
+
+
 def _pause(
     bench: Bench, pids: list[int], known: set[int], r: Round, rng: random.Random
 ) -> tuple[Record | None, float]:
@@ -157,13 +182,16 @@ FAULTS: dict[str, Fault] = {
     "supervisor-pause": supervisor_pause,
     "node-pause": node_pause,
     "ignores-term": ignores_term,
+    "session-destroyed-slow-stop": session_destroyed_slow_stop,
+    "agent-restart": agent_restart,
 }
 NEEDS_NETWORK = {"blackhole", "server-pause", "server-restart"}
-NEEDS_OWN_SERVER = {"server-pause", "server-restart"}
+NEEDS_OWN_SERVER = {"server-pause", "server-restart", "agent-restart"}
+CONSUL_ONLY = {"session-destroyed-slow-stop", "agent-restart"}
 
 
 def applicable(bench: Bench) -> list[str]:
-    names = list(FAULTS)
+    names = [n for n in FAULTS if n not in CONSUL_ONLY or bench.kind == "consul"]
     if not bench.networked:
         names = [n for n in names if n not in NEEDS_NETWORK]
     if bench.server is None:

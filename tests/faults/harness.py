@@ -81,6 +81,7 @@ class Bench:
         self.log = tmp / "probe.log"
         self.flock = tmp / "probe.flock"
         self.ignore_term = tmp / "ignore-term"
+        self.slow_stop = tmp / "slow-stop"
         self.nodes = [self._node(i) for i in range(nodes)]
 
     @property
@@ -127,6 +128,7 @@ class Bench:
             "--grandchild",
             "--wait-lock",
             f"--ignore-term-if={self.ignore_term}",
+            f"--slow-stop-if={self.slow_stop}",
         ]
 
     def start(self, node: Node) -> None:
