@@ -269,6 +269,13 @@ class ConsulBackend(Backend):
 
     def _register_check(self, name: str) -> str:
         check_id = self.check_id(name)
+        if check_id in self._checks:
+            # Registered before: registering again would keep its status (critical, if
+            # it expired since), so pass it instead.
+            sent = time.monotonic()
+            if self._http("PUT", f"/v1/agent/check/pass/{check_id}").code == 200:
+                self._passed[check_id] = sent
+                return check_id
         check = {
             "ID": check_id,
             "Name": one_line(f"coordinator {self.node} {self.key(name)}", 200),
