@@ -240,7 +240,7 @@ def comparison(ours: Results, theirs: Results) -> report.Comparison:
     else:
         title = f"coordinator (ttl {ours.ttl:g} s) vs {theirs.label} (ttl {theirs.ttl:g} s)"
         title += f" on the same {ours.kind} agent"
-    c = report.Comparison(title)
+    c = report.Comparison(title, theirs.label)
     if theirs.skipped:
         c.compare("all", "-", f"not run: {theirs.skipped}", "-")
         return c
@@ -270,7 +270,8 @@ def comparison(ours: Results, theirs: Results) -> report.Comparison:
                 ti.per_ttl(ti.standby_ops, ti.standbys),
             ),
         ):
-            c.compare(who, f"{a / ours.ttl:.2f}", f"{b / theirs.ttl:.2f}", report.ratio(b, a))
+            a, b = a / ours.ttl, b / theirs.ttl
+            c.compare(who, f"{a:.2f}", f"{b:.2f}", report.ratio(b, a))
         c.compare(
             "supervisor RSS (holder)",
             f"{oi.holder_rss:.1f} MiB",
