@@ -300,6 +300,7 @@ class ConsulBackend(Backend):
             "TTL": f"{int(self.backstop)}s",
         }
         end = time.monotonic() + self.timeout / 2
+        pause = 0.01
         while True:
             try:
                 reply = self._http("PUT", "/v1/session/create", body=json.dumps(spec))
@@ -308,7 +309,9 @@ class ConsulBackend(Backend):
                 # in the background; until then the session is refused. Milliseconds.
                 if time.monotonic() > end or not CHECK_NOT_SYNCED.search(str(exc)):
                     raise
-                time.sleep(0.02)
+                # Many standbys may be waiting on the same agent: back off, out of step.
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(0.2, pause * 2)
                 continue
             session = str(reply.json()["ID"])
             self._renewed[session] = time.monotonic()
