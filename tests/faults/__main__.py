@@ -71,14 +71,15 @@ def seconds(value: float | None) -> str:
 
 
 def table(title: str, summaries: list[Summary]) -> str:
+    width = max(17, *(len(s.fault) + 1 for s in summaries))
     head = (
-        f"{'fault':<17}{'rounds':>7}{'overlaps':>9}{'longest':>9}"
+        f"{'fault':<{width}}{'rounds':>7}{'overlaps':>9}{'longest':>9}"
         f"{'takeover p50':>14}{'p99':>8}{'orphans':>8}{'after resume':>14}  result"
     )
     lines = [title, head, "-" * len(head)]
     for s in summaries:
         lines.append(
-            f"{s.fault:<17}{s.rounds:>7}{s.overlaps:>9}{seconds(s.longest_overlap):>9}"
+            f"{s.fault:<{width}}{s.rounds:>7}{s.overlaps:>9}{seconds(s.longest_overlap):>9}"
             f"{seconds(s.takeover_p50):>14}{seconds(s.takeover_p99):>8}{s.orphans:>8}"
             f"{seconds(s.ran_after_resume):>14}  {verdict(s)}"
         )
