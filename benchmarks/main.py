@@ -4,19 +4,18 @@ and single-beat on the same Redis at the same ttl. See docs/benchmarks.md."""
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
 from benchmarks import backends, machine, report, singlebeat
 from benchmarks.measure import tree_cpu_seconds
-from benchmarks.procs import Cluster, Coordinator, Kind, SingleBeat
+from benchmarks.procs import Cluster, ConsulLock, Coordinator, Kind, SingleBeat
 from benchmarks.proxy import ProxyHub
 from benchmarks.results import GRACE, Results
 from benchmarks.scenarios import (
@@ -32,6 +31,7 @@ from benchmarks.scenarios import (
     warm,
 )
 from benchmarks.tables import comparison, table
+from tests.servers import consul_binary
 
 ALL = ("redis", "postgres", "consul", "file")
 SCENARIOS = ("start", "idle", "handoff", "failover", "scale")
@@ -50,13 +50,13 @@ class Plan:
     markdown: Path | None
     keep: bool
     only: tuple[str, ...] = SCENARIOS
+    consul_lock: bool = True
 
     def ttl_for(self, kind: str) -> float:
-        return max(10.0, self.ttl) if kind == "consul" else self.ttl
+        return max(2.0, self.ttl) if kind == "consul" else self.ttl
 
     def failovers_for(self, kind: str) -> int:
-        # Consul cannot fail over faster than 2 x ttl + lock-delay: fewer rounds.
-        return math.ceil(self.failover_rounds / 3) if kind == "consul" else self.failover_rounds
+        return self.failover_rounds
 
     def idle_window(self, kind: str) -> float:
         ttl = self.ttl_for(kind)
@@ -97,8 +97,11 @@ def parse(argv: list[str]) -> Plan:
     parser.add_argument(
         "--only", help=f"comma-separated scenarios to run (all: {','.join(SCENARIOS)})"
     )
-    parser.add_argument("--ttl", type=float, default=5.0, help="lease ttl (consul: at least 10)")
+    parser.add_argument("--ttl", type=float, default=5.0, help="lease ttl (consul: at least 2)")
     parser.add_argument("--no-single-beat", action="store_true", help="skip the comparison")
+    parser.add_argument(
+        "--no-consul-lock", action="store_true", help="skip `consul lock` on the same agent"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -119,6 +122,7 @@ def parse(argv: list[str]) -> Plan:
         standbys=[int(n) for n in standbys.split(",") if n.strip()],
         ttl=args.ttl,
         single_beat=not args.no_single_beat,
+        consul_lock=not args.no_consul_lock,
         markdown=args.markdown,
         keep=args.keep,
         only=only,
@@ -131,7 +135,8 @@ def measure(
     """Every scenario for one supervisor kind on one server."""
     ttl = server.ttl
     res = Results(server.kind, label, ttl)
-    is_sb = isinstance(kind, SingleBeat)
+    # Another tool (single-beat, consul lock): fewer rounds, a name per phase.
+    is_sb = not isinstance(kind, Coordinator)
     if server.pid and not is_sb and "scale" in plan.only:
         before, started = tree_cpu_seconds(server.pid), time.monotonic()
         time.sleep(3.0 if plan.quick else 10.0)
@@ -140,7 +145,7 @@ def measure(
         )
 
     # single-beat never releases its lock: give each phase a name of its own, so none
-    # waits for the previous phase's lock to expire.
+    # waits for the previous phase's lock to expire (consul lock's names differ anyway).
     def name(phase: str) -> str:
         return f"{NAME}-{phase}" if is_sb else NAME
 
@@ -192,7 +197,7 @@ def measure_takeovers(
     name: str,
 ) -> None:
     """Graceful handoffs, then crash failovers, in one cluster of three supervisors."""
-    is_sb, ttl = isinstance(kind, SingleBeat), server.ttl
+    is_sb, ttl = not isinstance(kind, Coordinator), server.ttl
     cluster = Cluster(kind, name, work / "ha")
     try:
         form(cluster, 2, ttl)
@@ -226,6 +231,8 @@ def guarded(
 def with_url(kind: Kind, url: str) -> Kind:
     if isinstance(kind, Coordinator):
         return Coordinator(kind.backend, url, kind.ttl, kind.grace, kind.extra)
+    if isinstance(kind, ConsulLock):
+        return ConsulLock(kind.executable, url)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     return SingleBeat(kind.executable, url, port, kind.ttl)
 
@@ -287,12 +294,30 @@ def run(plan: Plan, work: Path) -> list[report.Table]:
                     tables.append(table(theirs))
                     if kind in plan.backends:
                         tables.append(comparison(res, theirs))
+                if kind == "consul" and plan.consul_lock:
+                    for done in consul_lock(res, server, plan, work, hub):
+                        tables.append(done)
             finally:
                 log(f"stopping {kind}")
                 backends.stop(server)
     finally:
         hub.close()
     return tables
+
+
+def consul_lock(
+    ours: Results, server: backends.Server, plan: Plan, work: Path, hub: ProxyHub
+) -> list[report.Table]:
+    """`consul lock` from the same binary, on the same agent, with its fixed timings."""
+    binary = consul_binary()
+    lock = ConsulLock(binary or "consul", server.url)
+    theirs = Results("consul", lock.label, lock.ttl)
+    if binary is None:
+        theirs.skipped = "no consul binary"
+    else:
+        at_15 = replace(server, ttl=lock.ttl)
+        theirs = guarded(lock, lock.label, at_15, plan, work / "consul-lock", hub)
+    return [table(theirs), comparison(ours, theirs)]
 
 
 def main(argv: list[str] | None = None) -> int:

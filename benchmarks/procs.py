@@ -85,7 +85,32 @@ class SingleBeat:
         return time.monotonic() - member.spawned > 1.2 and connected(member.pid, self.port)
 
 
-Kind = Coordinator | SingleBeat
+@dataclass(frozen=True)
+class ConsulLock:
+    """`consul lock PREFIX child...`, a subcommand of the consul binary the tests build.
+    Its session TTL (15 s) and lock-delay (15 s) are fixed: no option changes them."""
+
+    executable: str
+    url: str
+    label: str = "consul lock"
+    beat: float = 7.5  # it renews its session every TTL / 2
+    ttl: float = 15.0
+
+    def command(self, name: str, child: list[str]) -> tuple[list[str], dict[str, str]]:
+        # No shell, so the child is its direct child (the records name it as parent).
+        argv = [
+            *(self.executable, "lock", "-shell=false", "-verbose"),
+            f"-http-addr={self.url}",
+            f"bench-consul-lock/{name}",
+            *child,
+        ]
+        return argv, python_env()
+
+    def standing_by(self, member: Member) -> bool:
+        return "Attempting lock acquisition" in member.output()
+
+
+Kind = Coordinator | SingleBeat | ConsulLock
 
 
 def connected(pid: int, port: int) -> bool:

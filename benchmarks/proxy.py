@@ -114,6 +114,7 @@ class PgParser:
 
 
 UUID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CHECK = re.compile(r"^(/v1/agent/check/[a-z]+)/.+$")  # a check's id
 
 
 class HttpParser(OneByOne):
@@ -151,6 +152,7 @@ class HttpParser(OneByOne):
         path = UUID.sub("", path)
         if path.startswith("/v1/kv/"):
             path = "/v1/kv/KEY"
+        path = CHECK.sub(r"\1/ID", path)
         blocking = " (blocking)" if re.search(r"(^|&)index=", query) else ""
         return f"{method} {path}{blocking}"
 

@@ -64,11 +64,11 @@ class Table:
 
 
 class Comparison(Table):
-    """Rows of (metric, coordinator, single-beat, ratio, target, result)."""
+    """Rows of (metric, coordinator, the other tool, ratio, target, result)."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, other: str = "single-beat") -> None:
         super().__init__(
-            title, header=("metric", "coordinator", "single-beat", "ratio", "target", "result")
+            title, header=("metric", "coordinator", other, "ratio", "target", "result")
         )
         self.pairs: list[tuple[str, str, str, str]] = []
 

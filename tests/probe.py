@@ -14,6 +14,7 @@ and --slow-stop-if=PATH takes the seconds written in PATH while it exists;
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal

@@ -65,7 +65,9 @@ def test_three_nodes_per_backend_with_settings_the_program_accepts() -> None:
             grace=float(env["COORDINATOR_GRACE"]),
         )
         if backend == "consul":
-            assert config.ttl >= 10
+            from coordinator.backends.consul import MIN_TTL
+
+            assert config.ttl >= MIN_TTL
     assert {k: len(v) for k, v in nodes.items()} == {"redis": 3, "postgres": 3, "consul": 3}
 
 

@@ -1,36 +1,46 @@
-"""Consul: a session with a TTL, and a KV key acquired with that session.
+"""Consul: a KV key locked by a session tied to a TTL check of the holder's own.
 
-- The session has a TTL (at least 10 s, Consul's minimum), no node health check by
-  default (a gossip false positive must not drop the lock; --consul-node-check adds
-  serfHealth), behavior "release", and a lock-delay equal to the safety delay: after a
-  session is invalidated (TTL expiry, destroyed out of band, agent restart) Consul
-  itself refuses the key to anyone for that long, time the old holder needs to notice
-  at its next renewal and stop its child.
-- Acquire reads the key (consistent), creates a session, then one transaction checks
-  that the key is unchanged and locks it. Renew renews the session (404: lost) and
-  checks that the key's Session is still ours (consistent read).
-- Release unlocks the key, then destroys the session; unlocking does not trigger the
-  lock-delay, so a standby blocked on the key takes over within milliseconds.
-- Standbys wait in blocking queries on the key (index/wait), at most one per ttl.
-- The key is never deleted. Its Flags hold a seed taken from the wall clock in ms
-  when the key is created; the fencing token is seed + LockIndex, so it increases with
-  every acquisition, and still increases if the key (or all of Consul's data) is lost.
+- The holder registers a TTL check on the agent it talks to (TTL = the ttl) and passes
+  it at every renewal: one request. Its session names that check (and serfHealth with
+  --consul-node-check), so the agent invalidates the session as soon as the check
+  turns critical, a ttl after the last pass: no 10 s floor, no doubling. A long session
+  TTL (BACKSTOP_TTLS x ttl) is the backstop for an agent that died with its node.
+- The holder keeps a blocking query open on its own key (watch_fd): a session
+  destroyed or a key deleted out of band ends it at once, the supervisor renews at
+  once and learns the lease is lost. So the lock-delay only covers the holder's own
+  stop: call timeout + grace + margin (docs/safety.md derives it).
+- Acquire: one transaction checks that the key is unchanged (or absent) and locks it.
+  A standby reuses what its blocking query just read, and a session that lost a race
+  for the next tries while its check still passes.
+- Release unlocks the key (no lock-delay), destroys the session and removes the check.
+- Fencing token: Flags + the Raft index of the write that locked the key. Flags is a
+  base (OFFSET, above the wall-clock tokens of earlier versions) kept across
+  releases; the Raft index only grows, whoever writes, whatever the clocks say. If
+  Consul lost its data (the index starts again), a node that saw a higher token
+  raises the base to it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import http.client
 import json
-import math
 import os
+import random
+import re
+import select
+import ssl
+import threading
 import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import consul
-import consul.callback
-import consul.exceptions
 import requests
 
 from coordinator.backends import tls
@@ -38,12 +48,82 @@ from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 
-MIN_TTL = 10.0  # Consul refuses session TTLs below 10 s
-FREE_POLL = 0.5  # a free key that cannot be locked is inside its lock-delay
+# Below this the call timeout (ttl/6) leaves too little room for one HTTP round trip on
+# a loaded host, and the check would flap.
+MIN_TTL = 2.0
+# Tokens are OFFSET + a Raft index: above every wall-clock-millisecond token (about
+# 1.8e12 in 2026) that earlier versions handed out, until 2039.
+OFFSET = 2**41
+# The session's own TTL, in ttls: only a backstop for an agent that died with its node
+# (the check cannot turn critical then). Renewed every third of it.
+BACKSTOP_TTLS = 30
+# The holder's blocking query on its own key is sent again this often when nothing
+# changes (Consul caps a wait at 10 minutes).
+WATCH_WAIT = 300.0
+# A free key that cannot be locked is inside its lock-delay: look again this often.
+FREE_POLL = 0.25
+# How long a session that lost a race may be reused: its check still passes.
+SPARE_FOR = 0.5  # in ttls
+# The servers do not know our check yet, or still know it as critical.
+CHECK_NOT_SYNCED = re.compile(r"Missing check|in critical state")
 
 
 class Conflict(BackendUnavailable):
     """A transaction was rolled back (HTTP 409): a definite no, not an outage."""
+
+
+@dataclass
+class Reply:
+    code: int
+    headers: Mapping[str, str]
+    body: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError as exc:
+            raise BackendUnavailable(f"consul sent malformed JSON: {self.body[:100]!r}") from exc
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def token_of(entry: Mapping[str, Any]) -> int:
+    """The fencing token of a locked entry: its base plus the index of its lock."""
+    return int(entry.get("Flags") or 0) + int(entry.get("ModifyIndex") or 0)
+
+
+class Watch:
+    """A blocking query on the holder's key, sent on a socket of its own and read only
+    once the socket turns readable (the key changed, or the wait ended)."""
+
+    def __init__(self, conn: http.client.HTTPConnection, wait: float) -> None:
+        self.conn, self.sent, self.wait = conn, time.monotonic(), wait
+        assert conn.sock is not None
+        self.fd: int = conn.sock.fileno()
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        try:
+            return bool(select.select([self.fd], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return True
+
+    def overdue(self) -> bool:
+        """Consul answers by wait + wait/16; much later means a dead connection."""
+        return time.monotonic() > self.sent + self.wait * 1.1 + 5
+
+    def result(self) -> tuple[int, int, Any]:
+        """(status, X-Consul-Index, body) of the answer; raises OSError on a broken one."""
+        response = self.conn.getresponse()
+        body = response.read().decode(errors="replace")
+        index = int(response.headers.get("X-Consul-Index") or 0)
+        data = json.loads(body) if response.status == 200 and body else None
+        return response.status, index, data
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
 
 class ConsulBackend(Backend):
@@ -68,6 +148,7 @@ class ConsulBackend(Backend):
         if not parts.hostname:
             raise ConfigError(f"malformed consul address {redact_url(address)!r}")
         self.where = redact_url(address)
+        self.host, self.port, self.scheme = parts.hostname, port, parts.scheme or "http"
         verify: bool | str = True
         if os.environ.get("CONSUL_CACERT"):
             verify = os.environ["CONSUL_CACERT"]
@@ -76,20 +157,33 @@ class ConsulBackend(Backend):
         cert = None
         if os.environ.get("CONSUL_CLIENT_CERT") and os.environ.get("CONSUL_CLIENT_KEY"):
             cert = (os.environ["CONSUL_CLIENT_CERT"], os.environ["CONSUL_CLIENT_KEY"])
+        self.verify, self.cert = verify, cert
         self.client = consul.Consul(
-            host=parts.hostname,
+            host=self.host,
             port=port,
-            scheme=parts.scheme or "http",
+            scheme=self.scheme,
             verify=verify,
             cert=cert,
             connections_timeout=timeout,
         )
         # The address's password part, then CONSUL_HTTP_TOKEN, is the ACL token.
-        self.client.token = parts.password or token or None
-        self.ttl, self.prefix, self.node = ttl, prefix, node
+        self.token = parts.password or token or None
+        self.ttl, self.timeout, self.prefix, self.node = ttl, timeout, prefix, node
         self.lock_delay, self.node_check = lock_delay, node_check
+        self.backstop = max(10.0, BACKSTOP_TTLS * ttl)
+        self._lock = threading.Lock()
         self._index: dict[str, int] = {}  # blocking-query index per key
+        self._read_at: dict[str, tuple[float, int, dict[str, Any] | None]] = {}
         self._free_seen: set[str] = set()  # free keys we failed to lock (lock-delay)
+        self._seen: dict[str, int] = {}  # the highest token seen or handed out, per name
+        self._checks: set[str] = set()  # checks registered by this process
+        self._passed: dict[str, float] = {}  # check -> when its last pass was sent
+        self._cleaned = False
+        self._instance = uuid.uuid4().hex[:12]
+        self._spare: dict[str, str] = {}  # name -> a session that lost a race
+        self._base: dict[str, int] = {}  # session -> the Flags its lock wrote
+        self._renewed: dict[str, float] = {}  # session -> last session renewal
+        self._watch: dict[str, Watch] = {}  # session -> its watch
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -97,135 +191,405 @@ class ConsulBackend(Backend):
     def describe(self, name: str) -> str:
         return f"key {self.key(name)} on consul at {self.where}"
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    # -- HTTP ---------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"X-Consul-Token": self.token} if self.token else {}
+
+    def _http(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, Any]] | None = None,
+        body: str = "",
+    ) -> Reply:
+        """One request. Answers that waiting can change (no connection, timeouts,
+        5xx, 429) are BackendUnavailable; a request the server refuses as malformed
+        (400) is ConfigError; a refused ACL token is BackendRejected. 404 and 409
+        are returned to the caller, whose meaning they depend on."""
+
+        def keep(response: Any) -> Reply:
+            return Reply(int(response.code), response.headers, str(response.body))
+
+        http = self.client.http
         try:
-            return fn(*args, **kwargs)
-        except (consul.ACLPermissionDenied, consul.exceptions.ClientError) as exc:
-            text = " ".join(str(exc).split())[:200]
-            # A transaction reports a denied ACL as a 409 with "Permission denied".
-            if isinstance(exc, consul.ACLPermissionDenied) or "Permission denied" in text:
-                # Standbys keep waiting: an operator can fix a policy without a restart.
-                raise BackendUnavailable(
-                    f"consul at {self.where} refused the ACL token (missing, wrong, or "
-                    f"without key and session write on {self.prefix}): {text}"
-                ) from exc
-            if text.startswith("409"):
-                raise Conflict(f"consul at {self.where}: {text}") from exc
-            raise BackendUnavailable(f"consul at {self.where}: {text}") from exc
+            if method == "GET":
+                reply: Reply = http.get(keep, path, params=params, headers=self._headers())
+            else:
+                reply = http.put(keep, path, params=params, data=body, headers=self._headers())
         except requests.exceptions.SSLError as exc:
             if tls.verification_failed(exc):
                 text = " ".join(str(exc).split())[:300]
                 raise BackendRejected(tls.describe("consul", self.where, text)) from exc
             raise BackendUnavailable(f"consul at {self.where}: TLS error: {exc}") from exc
-        except (consul.ConsulException, requests.RequestException, ValueError) as exc:
-            text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        except (requests.RequestException, ValueError) as exc:
+            text = one_line(str(exc), 300) or type(exc).__name__
             raise BackendUnavailable(f"consul at {self.where}: {text}") from exc
+        text = one_line(reply.body)
+        if reply.code in (401, 403) or (reply.code == 409 and "Permission denied" in text):
+            raise BackendRejected(
+                f"consul at {self.where} refused the ACL token (missing, wrong, or without "
+                f"key, session and node write for {self.prefix}): {reply.code} {text}"
+            )
+        if reply.code == 400 or "invalid key name" in text:
+            raise ConfigError(f"consul at {self.where} refused the request: {text}")
+        if reply.code not in (200, 404, 409):  # 5xx, 429: an outage, no leader, overload
+            raise BackendUnavailable(f"consul at {self.where}: {reply.code} {text}")
+        return reply
 
-    def _read(self, name: str, **kwargs: Any) -> tuple[int, dict[str, Any] | None]:
-        index, entry = self._call(
-            self.client.kv.get, self.key(name), consistency="consistent", **kwargs
-        )
-        return int(index), entry
+    def _read(self, name: str, **params: Any) -> tuple[int, dict[str, Any] | None]:
+        """The key's entry (None when absent) and the index to block on."""
+        query = [("consistent", "")] if not params else list(params.items())
+        reply = self._http("GET", f"/v1/kv/{self.key(name)}", query)
+        index = int(reply.headers.get("X-Consul-Index") or 0)
+        if reply.code == 404:
+            return index, None
+        data = reply.json()
+        entry = data[0] if isinstance(data, list) and data else None
+        if entry is not None and entry.get("Session"):
+            self._seen[name] = max(self._seen.get(name, 0), token_of(entry))
+        return index, entry
+
+    # -- the check and the session ---------------------------------------------------
+
+    def check_id(self, name: str) -> str:
+        """This process's check for `name`: never shared, even by two supervisors given
+        the same --node-id on one host."""
+        digest = hashlib.sha256(self.key(name).encode()).hexdigest()[:12]
+        return f"coordinator-{digest}-{self._instance}"
+
+    def _clean_checks(self) -> None:
+        """Once per process: remove this program's checks left critical on the agent
+        (crashed or killed supervisors), so a crash-looping node leaves few behind."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        with contextlib.suppress(BackendUnavailable, ConfigError):
+            reply = self._http("GET", "/v1/agent/checks")
+            checks = reply.json() if reply.code == 200 else {}
+            for check_id, check in (checks or {}).items():
+                if check_id.startswith("coordinator-") and check.get("Status") == "critical":
+                    self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+
+    def _register_check(self, name: str) -> str:
+        check_id = self.check_id(name)
+        if check_id in self._checks:
+            # Registered before: registering again would keep its status (critical, if
+            # it expired since), so pass it instead.
+            sent = time.monotonic()
+            if self._http("PUT", f"/v1/agent/check/pass/{check_id}").code == 200:
+                self._passed[check_id] = sent
+                return check_id
+        check = {
+            "ID": check_id,
+            "Name": one_line(f"coordinator {self.node} {self.key(name)}", 200),
+            "Notes": "held by a coordinator supervisor; it passes this at each renewal",
+            "TTL": f"{int(self.ttl * 1000)}ms",
+            "Status": "passing",
+        }
+        sent = time.monotonic()
+        self._http("PUT", "/v1/agent/check/register", body=json.dumps(check))
+        self._checks.add(check_id)
+        self._passed[check_id] = sent
+        return check_id
+
+    def _create_session(self, name: str) -> str:
+        check_id = self._register_check(name)
+        checks = [check_id, "serfHealth"] if self.node_check else [check_id]
+        spec = {
+            "Name": one_line(f"coordinator {self.node}", 128),
+            "NodeChecks": checks,
+            "LockDelay": f"{int(self.lock_delay * 1000)}ms",
+            "Behavior": "release",
+            "TTL": f"{int(self.backstop)}s",
+        }
+        end = time.monotonic() + self.timeout / 2
+        pause = 0.01
+        while True:
+            try:
+                reply = self._http("PUT", "/v1/session/create", body=json.dumps(spec))
+            except BackendUnavailable as exc:
+                # The agent copies a new or re-registered check to the servers' catalog
+                # in the background; until then the session is refused. Milliseconds.
+                if time.monotonic() > end or not CHECK_NOT_SYNCED.search(str(exc)):
+                    raise
+                # Many standbys may be waiting on the same agent: back off, out of step.
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(0.2, pause * 2)
+                continue
+            session = str(reply.json()["ID"])
+            self._renewed[session] = time.monotonic()
+            return session
+
+    def _destroy(self, session: str) -> None:
+        # On failure the session ends by itself once its check turns critical.
+        self._forget(session)
+        with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
+            self._http("PUT", f"/v1/session/destroy/{session}")
+
+    def _deregister(self, name: str) -> None:
+        check_id = self.check_id(name)
+        if check_id in self._checks:
+            with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
+                self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+                self._checks.discard(check_id)
+
+    # -- the contract -----------------------------------------------------------------
 
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         key = self.key(name)
-        index, entry = self._read(name)
+        at, index, entry = self._read_at.pop(name, (0.0, 0, None))
+        if time.monotonic() - at > 0.5:
+            # Nothing fresh from a standby's blocking query: read now.
+            index, entry = self._read(name)
         self._index[name] = index
+        self._clean_checks()
         if entry is not None and entry.get("Session"):
             return None
-        seed = int(entry["Flags"]) if entry and entry.get("Flags") else time.time_ns() // 10**6
+        flags = int(entry.get("Flags") or 0) if entry else 0
+        base = flags if flags >= OFFSET else OFFSET
+        read_index = int(entry["ModifyIndex"]) if entry else index
+        if base + read_index <= self._seen.get(name, 0):
+            # Consul's index went back (it lost its data): stay above what we saw.
+            base = self._seen[name]
+        session = self._spare_session(name)
         sent = time.monotonic()
-        checks = ["serfHealth"] if self.node_check else []
-        session = self._call(
-            self.client.session.create,
-            name=f"coordinator {self.node}"[:128],
-            checks=checks,
-            lock_delay=self.lock_delay,
-            behavior="release",
-            ttl=math.ceil(self.ttl),
-        )
+        # The check, not the session, ends the lease: a ttl after it was last passed.
+        deadline = self._passed.get(self.check_id(name), sent) + self.ttl
         value = base64.b64encode(info.to_json().encode()).decode()
         check: dict[str, Any] = (
             {"Verb": "check-index", "Key": key, "Index": int(entry["ModifyIndex"])}
             if entry is not None
             else {"Verb": "check-not-exists", "Key": key}
         )
-        lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": seed, "Session": session}
+        lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": base, "Session": session}
         try:
-            result = self._call(self._txn, [{"KV": check}, {"KV": lock}])
-        except Conflict:
-            # Rolled back: the key changed, or it is free but inside its lock-delay.
-            self._destroy(session)
-            self._free_seen.add(name)
-            return None
+            reply = self._http("PUT", "/v1/txn", body=json.dumps([{"KV": check}, {"KV": lock}]))
         except BackendUnavailable:
             self._destroy(session)
             raise
-        lock_index = int(result["Results"][-1]["KV"]["LockIndex"])
+        if reply.code == 409:
+            # Rolled back: the key changed, or it is free but inside its lock-delay. The
+            # session stays for the next try while its check passes.
+            self._spare[name] = session
+            self._free_seen.add(name)
+            if "lock delay" in reply.body:
+                # Nothing changed on the key: the next try need not read it again.
+                self._read_at[name] = (time.monotonic(), index, entry)
+            return None
+        if reply.code != 200:
+            self._destroy(session)
+            raise BackendUnavailable(f"consul at {self.where}: {reply.code} {one_line(reply.body)}")
+        result = reply.json()
+        modify = int(result["Results"][-1]["KV"]["ModifyIndex"])
+        token = base + modify
+        self._seen[name] = max(self._seen.get(name, 0), token)
+        self._base[session] = base
+        self._arm(name, session, modify)
         # A missing key means first use of the name, or Consul lost its data.
         reset = "" if entry is not None else "consul had no record of this lock key"
-        return Lease(name, session, seed + lock_index, sent + self.ttl, state_reset=reset)
+        return Lease(name, session, token, deadline, state_reset=reset)
 
-    def _txn(self, operations: list[dict[str, Any]]) -> Any:
-        # The client's own txn call sends no ACL token; send it here.
-        headers = {"X-Consul-Token": self.client.token} if self.client.token else {}
-        return self.client.http.put(
-            consul.callback.CB.json(), "/v1/txn", data=json.dumps(operations), headers=headers
-        )
+    def _spare_session(self, name: str) -> str:
+        """A session that lost a race moments ago (its check still passes), or a new one."""
+        session = self._spare.pop(name, None)
+        if session is not None:
+            age = time.monotonic() - self._passed.get(self.check_id(name), 0.0)
+            if age < SPARE_FOR * self.ttl:
+                return session
+            if age < 2 * self.ttl:  # older ones ended with their check
+                self._destroy(session)
+        return self._create_session(name)
 
-    def _destroy(self, session: str) -> None:
-        # On failure the session expires by itself within its TTL.
-        with contextlib.suppress(BackendUnavailable):
-            self._call(self.client.session.destroy, session)
+    def _arm(self, name: str, session: str, index: int) -> None:
+        """Send the blocking query on our key; a failure leaves renew() to read instead."""
+        old = self._watch.pop(session, None)
+        if old is not None:
+            old.close()
+        query = urlencode({"index": index, "wait": f"{int(WATCH_WAIT)}s"})
+        path = f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}"
+        conn: http.client.HTTPConnection
+        if self.scheme == "https":
+            context = ssl.create_default_context(
+                cafile=self.verify if isinstance(self.verify, str) else None
+            )
+            if self.verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self.cert:
+                context.load_cert_chain(*self.cert)
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=context
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", path, headers=self._headers())
+            self._watch[session] = Watch(conn, WATCH_WAIT)
+        except (OSError, http.client.HTTPException):
+            conn.close()
+
+    def _check_watch(self, lease: Lease) -> bool:
+        """Read the watch if it answered. True when it still stands (the key is ours
+        and the watch is armed again), False when renew() must read the key itself.
+        Raises LeaseLost when the answer says the key is no longer ours."""
+        watch = self._watch.get(lease.token)
+        if watch is None:
+            return False
+        # The answer to a change made just before this renewal may still be in flight.
+        if not watch.ready(0.01):
+            if not watch.overdue():
+                return True
+            watch.close()
+            del self._watch[lease.token]
+            return False
+        try:
+            status, index, data = watch.result()
+        except (OSError, ValueError, http.client.HTTPException):
+            status, index, data = 0, 0, None
+        watch.close()
+        del self._watch[lease.token]
+        if status == 404:
+            raise LeaseLost(f"{self.key(lease.name)} was deleted")
+        if status != 200:
+            return False  # an agent restarting, no leader: look for ourselves
+        entry = data[0] if isinstance(data, list) and data else {}
+        if entry.get("Session") != lease.token:
+            raise LeaseLost(f"{self.key(lease.name)} is no longer held by our session")
+        self._arm(lease.name, lease.token, index)
+        return True
 
     def renew(self, lease: Lease) -> Lease:
+        with self._lock:  # a renewal abandoned on its timeout may still be running
+            try:
+                return self._renew(lease)
+            except LeaseLost:
+                self._forget(lease.token)
+                raise
+
+    def _forget(self, session: str) -> None:
+        self._renewed.pop(session, None)
+        self._base.pop(session, None)
+        if (watch := self._watch.pop(session, None)) is not None:
+            watch.close()
+
+    def _renew(self, lease: Lease) -> Lease:
+        check_id = self.check_id(lease.name)
         sent = time.monotonic()
-        try:
-            self._call(self.client.session.renew, lease.token)
-        except BackendUnavailable as exc:
-            if isinstance(exc.__cause__, consul.NotFound):
-                raise LeaseLost("consul invalidated our session") from exc
-            raise
-        _, entry = self._read(lease.name)
-        if entry is None or entry.get("Session") != lease.token:
-            raise LeaseLost(f"{self.key(lease.name)} is no longer held by our session")
+        reply = self._http_renewal("PUT", f"/v1/agent/check/pass/{check_id}")
+        if reply.code == 404:
+            # The agent forgot our check (restarted without its state, or an
+            # operator removed it): that invalidated the session.
+            raise LeaseLost("the consul agent no longer has our check")
+        self._passed[check_id] = sent
+        watching = self._check_watch(lease)
+        if time.monotonic() - self._renewed.get(lease.token, 0.0) > self.backstop / 3:
+            reply = self._http_renewal("PUT", f"/v1/session/renew/{lease.token}")
+            if reply.code == 404:
+                raise LeaseLost("consul invalidated our session")
+            self._renewed[lease.token] = sent
+        if not watching:
+            index, entry = self._read(lease.name)
+            if entry is None or entry.get("Session") != lease.token:
+                raise LeaseLost(f"{self.key(lease.name)} is no longer held by our session")
+            self._arm(lease.name, lease.token, index)
         return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
+
+    def _http_renewal(self, method: str, path: str) -> Reply:
+        """A renewal request: a refusal a holder cannot act on is "cannot tell", so it
+        fences by its deadline rather than exiting with a child running."""
+        try:
+            return self._http(method, path)
+        except ConfigError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
+    def watch_fd(self) -> int | None:
+        watches = list(self._watch.values())
+        return watches[-1].fd if watches else None
 
     def release(self, lease: Lease) -> None:
         holder = HolderInfo(node_id=self.node).to_json()
-        self._call(self.client.kv.put, self.key(lease.name), holder, release=lease.token)
+        base = self._base.get(lease.token, OFFSET)
+        params = [("release", lease.token), ("flags", base)]
+        self._http("PUT", f"/v1/kv/{self.key(lease.name)}", params, holder)
         self._destroy(lease.token)
+        self._deregister(lease.name)
 
     def holder(self, name: str) -> HolderInfo | None:
         _, entry = self._read(name)
         if entry is None or not entry.get("Session"):
             return None
-        token = int(entry.get("Flags") or 0) + int(entry.get("LockIndex") or 0)
-        return HolderInfo.from_json(entry.get("Value") or b"{}", fencing_token=token)
+        value = base64.b64decode(entry.get("Value") or "") or b"{}"
+        return HolderInfo.from_json(value, fencing_token=token_of(entry))
 
     def wait(self, name: str, timeout: float) -> None:
-        """A blocking query on the key: returns when it changes or `timeout` passes."""
+        """A blocking query on the key: returns when it changes or `timeout` passes.
+        acquire() then uses what it read instead of reading again."""
         last = self._index.get(name, 0)
-        if name in self._free_seen or last <= 0 or timeout < 1:
+        if name in self._free_seen or last <= 0 or timeout < 0.1:
             self._free_seen.discard(name)
             # A free key we could not lock is inside its lock-delay; nothing will
             # change on it to end a blocking query, so look again shortly.
-            time.sleep(min(timeout, FREE_POLL))
+            time.sleep(min(timeout, FREE_POLL * random.uniform(0.8, 1.2)))
             return
-        index, _ = self._read(name, index=last, wait=f"{max(1, int(timeout))}s")
+        index, entry = self._read(name, index=last, wait=f"{int(timeout * 1000)}ms")
         # Consul: an index that goes backwards is a reset; start over from 0.
         self._index[name] = index if index >= last else 0
+        self._read_at[name] = (time.monotonic(), index, entry)
 
     def close(self) -> None:
+        for session in list(self._watch):
+            self._watch.pop(session).close()
+        for session in list(self._spare.values()):
+            self._destroy(session)
+        self._spare.clear()
+        for check_id in list(self._checks):
+            with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
+                self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+        self._checks.clear()
         self.client.http.session.close()
+
+
+def key_problem(key: str) -> str:
+    """Why Consul would refuse `key` or read another key than the one written (its HTTP
+    API cleans paths and validates names; its transactions do neither); "" if none."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "control characters (a newline, a tab) are not allowed"
+    if key != key.strip(" "):
+        return "leading or trailing spaces are not allowed"
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return "empty, '.' and '..' path segments are not allowed (no '//', no '/' at either end)"
+    decoded = unquote(key)
+    if decoded != key and (".." in decoded or " " in decoded):
+        return "percent-escapes of '.' or ' ' are not allowed"
+    return ""
+
+
+def lock_delay(config: Config) -> float:
+    """How long Consul keeps the key from everyone after invalidating a session: the
+    holder's watch tells it at once, a renewal (one call timeout) reports the loss,
+    then the child gets `grace` and is reaped within the margin. An explicit
+    --safety-delay wins."""
+    if config.safety_delay is not None:
+        return config.safety_delay
+    needed = config.call_timeout + config.grace + config.margin
+    if config.consul_node_check:
+        # serfHealth turns critical when the holder's agent dies, and the holder,
+        # whose watch and renewals went through that agent, hears nothing: its own
+        # deadline (at most a ttl away) is what stops its child.
+        return max(needed, config.ttl)
+    return needed
 
 
 def create(config: Config) -> Backend:
     if config.ttl < MIN_TTL:
         raise ConfigError(
-            f"--ttl {config.ttl:g}s is below Consul's minimum session TTL of 10s: use --ttl 10 "
-            "or more with the consul backend"
+            f"--ttl {config.ttl:g}s is below the consul backend's minimum of {MIN_TTL:g}s: "
+            f"use --ttl {MIN_TTL:g} or more"
         )
+    key = f"{config.key_prefix}{config.name}"
+    if problem := key_problem(key):
+        raise ConfigError(f"consul key {key!r} (--key-prefix + --name): {problem}")
     address = config.url or os.environ.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
     if "://" not in address:
         scheme = "https" if os.environ.get("CONSUL_HTTP_SSL", "").lower() == "true" else "http"
@@ -240,7 +604,7 @@ def create(config: Config) -> Backend:
         config.ttl,
         config.call_timeout,
         config.key_prefix,
-        config.effective_safety_delay,
+        lock_delay(config),
         config.consul_node_check,
         config.node_id,
     )

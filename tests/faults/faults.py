@@ -137,6 +137,31 @@ def lock_removed(
     _takeover(bench, known, since, r)
 
 
+def session_destroyed_slow_stop(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """Consul: the holder's session destroyed out of band while its child takes most of
+    the grace to stop. The holder's watch sees it at once; the lock-delay covers the stop."""
+    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
+    try:
+        lock_removed(bench, node, child, known, r, rng)
+    finally:
+        bench.slow_stop.unlink()
+
+
+def agent_restart(
+    bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
+) -> None:
+    """Consul: the holder's agent restarts (a dev agent, so with everything it knew),
+    while the holder's child takes most of the grace to stop."""
+    assert bench.server is not None
+    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
+    try:
+        server_restart(bench, node, child, known, r, rng)
+    finally:
+        bench.slow_stop.unlink()
+
+
 def _pause(
     bench: Bench, pids: list[int], known: set[int], r: Round, rng: random.Random
 ) -> tuple[Record | None, float]:
@@ -196,17 +221,23 @@ FAULTS: dict[str, Fault] = {
     "ignores-term": ignores_term,
     "sessions-ended": sessions_ended,
     "connections-reset": connections_reset,
+    "session-destroyed-slow-stop": session_destroyed_slow_stop,
+    "agent-restart": agent_restart,
 }
 NEEDS_NETWORK = {"blackhole", "server-pause", "server-restart"}
-NEEDS_OWN_SERVER = {"server-pause", "server-restart"}
+NEEDS_OWN_SERVER = {"server-pause", "server-restart", "agent-restart"}
 # Only where the lock is a server session: elsewhere the holder reconnects and keeps it.
-SESSION_LOCKS = {"sessions-ended", "connections-reset"}
+POSTGRES_ONLY = {"sessions-ended", "connections-reset"}
+CONSUL_ONLY = {"session-destroyed-slow-stop", "agent-restart"}
 
 
 def applicable(bench: Bench) -> list[str]:
-    names = list(FAULTS)
-    if bench.kind != "postgres":
-        names = [n for n in names if n not in SESSION_LOCKS]
+    names = [
+        n
+        for n in FAULTS
+        if (n not in CONSUL_ONLY or bench.kind == "consul")
+        and (n not in POSTGRES_ONLY or bench.kind == "postgres")
+    ]
     if not bench.networked:
         names = [n for n in names if n not in NEEDS_NETWORK]
     if bench.server is None:
