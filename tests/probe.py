@@ -14,7 +14,6 @@ and --slow-stop-if=PATH takes the seconds written in PATH while it exists;
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
