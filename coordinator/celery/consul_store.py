@@ -1,0 +1,52 @@
+"""Consul KV: the key {prefix}<name>/celery beside the lock key, a JSON document
+written with check-and-set on its ModifyIndex (cas=0: only if absent). The fence is
+checked on the document that was read; the check-and-set makes sure it is still that
+document when the write lands.
+
+Consul limits a value to 512 KiB by default (kv_max_value_size): about 5,000 entries
+with short names. The ACL token needs key write on the prefix, as for the lock.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from coordinator.backends.consul import Conflict as TxnConflict
+from coordinator.backends.consul import ConsulBackend
+from coordinator.celery.store import (
+    ABSENT,
+    EntryState,
+    Snapshot,
+    Store,
+    decode,
+    encode,
+)
+
+
+class ConsulStore(Store):
+    def __init__(self, backend: Any, name: str, prefix: str) -> None:
+        super().__init__(backend, name, prefix)
+        assert isinstance(backend, ConsulBackend)
+        self.consul: ConsulBackend = backend
+        self.key = f"{backend.key(name)}/celery"
+
+    def describe(self) -> str:
+        return f"key {self.key} on consul at {self.consul.where}"
+
+    def read(self) -> Snapshot:
+        _, entry = self.consul._call(self.consul.client.kv.get, self.key, consistency="consistent")
+        if entry is None:
+            return Snapshot(0, {}, ABSENT)
+        return decode(entry.get("Value"), str(entry["ModifyIndex"]))
+
+    def write(self, token: int, entries: dict[str, EntryState], version: str) -> str:
+        value = base64.b64encode(encode(token, entries).encode()).decode()
+        # A transaction, because its reply carries the new ModifyIndex. Index 0: only if
+        # the key does not exist yet.
+        operation = {"Verb": "cas", "Key": self.key, "Value": value, "Index": int(version or 0)}
+        try:
+            result = self.consul._call(self.consul._txn, [{"KV": operation}])
+        except TxnConflict:
+            self.refuse(token)
+        return str(result["Results"][0]["KV"]["ModifyIndex"])
