@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("celery")  # the test extra installs it
 
-from coordinator.celery.store import (  # noqa: E402
+from coordinator.celery.store import (
     ABSENT,
     Conflict,
     EntryState,
@@ -18,8 +18,8 @@ from coordinator.celery.store import (  # noqa: E402
     Store,
     open_store,
 )
-from coordinator.errors import BackendUnavailable, ConfigError  # noqa: E402
-from tests.store import Store as Backend  # noqa: E402
+from coordinator.errors import BackendUnavailable, ConfigError
+from tests.store import Store as Backend
 
 
 def settings(backend: Backend, token: int = 0, name: str = "beat") -> Settings:

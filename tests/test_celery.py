@@ -1,0 +1,159 @@
+"""A real Celery beat with coordinator.celery.Scheduler under real supervisors, with a
+real Redis broker, on every backend: failovers by kill -9 and SIGTERM among three
+nodes, and a stale beat that tries to send after it lost its lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("celery")  # the test extra installs it
+
+from tests.celerybeat import (
+    Beats,
+    cron_minutes,
+    early_duplicates,
+    largest_gap,
+)
+from tests.cluster import ROOT, wait_until
+from tests.store import Store
+
+SCHEDULER = "coordinator.celery.Scheduler"
+FAST, SLOW = 1.0, 2.5
+ENTRIES: dict[str, float | None] = {"fast": FAST, "slow": SLOW, "cron": None}
+# Celery beat takes a second or two to start on a loaded CI machine.
+BEAT_START = 4.0
+
+
+@pytest.fixture
+def beats(store: Store, redis_url: str, tmp_path: Path) -> Iterator[Beats]:
+    b = Beats(tmp_path, store, redis_url, ENTRIES)
+    yield b
+    b.stop_all()
+
+
+def sleep_until_second(second: float) -> None:
+    """Sleep until the wall clock's seconds reach `second` (in this minute or the next)."""
+    now = datetime.now(timezone.utc)
+    at = now.second + now.microsecond / 1e6
+    time.sleep((second - at) % 60)
+
+
+def test_failovers_send_every_tick_once(beats: Beats, store: Store) -> None:
+    """Three nodes; the holder is killed (-9), then the next one stopped (SIGTERM):
+    no tick is sent twice, none is skipped (the largest gap is an interval plus the
+    takeover), and the crontab runs once per minute. Consul's failover after kill -9
+    waits out its session TTL and lock-delay (about 20 s with ttl 10): graceful
+    handoffs there keep this test short. On the file backend the kill lands just
+    before a minute boundary, so the minute's crontab tick falls due during the
+    failover and must run once, at takeover."""
+    kill = signal.SIGTERM if store.kind == "consul" else signal.SIGKILL
+    if store.kind == "file":
+        sleep_until_second(52)
+    for node in ("a", "b", "c"):
+        beats.start(node)
+    first = beats.wait_holder()
+    if store.kind == "file":
+        sleep_until_second(59.5)
+    else:
+        time.sleep(3.5)
+    killed_at = time.monotonic()
+    beats.nodes[first].send_signal(kill)
+    second = beats.wait_holder(other_than=first)
+    took_over = time.monotonic() - killed_at
+    time.sleep(3.5)
+    beats.nodes[second].send_signal(signal.SIGTERM)
+    third = beats.wait_holder(other_than=second)
+    time.sleep(3.5)
+    beats.stop_all()
+
+    takeover = (store.ttl if kill == signal.SIGKILL else 0) + BEAT_START
+    for task, every in (("fast", FAST), ("slow", SLOW)):
+        times = beats.listener.times(task)
+        assert len(times) >= 5, (task, times)
+        assert early_duplicates(times, every) == [], (task, times)
+        assert largest_gap(times) <= every + takeover, (task, largest_gap(times), took_over)
+    minutes = cron_minutes(beats.listener.sent, "cron")
+    assert all(count == 1 for count in minutes.values()), minutes
+    if store.kind == "file":
+        assert len(minutes) == 1, minutes  # the minute that began during the failover
+    for node in (first, second, third):
+        assert "Sending due task" in beats.log(node), node  # each holder sent ticks
+
+
+def test_a_stale_beat_is_refused(beats: Beats, store: Store, tmp_path: Path) -> None:
+    """A beat whose holder lost the lease while it was frozen (a paused host) resumes
+    after a newer holder wrote the schedule: its claims are refused, it sends nothing.
+
+    The stale beat runs outside a supervisor, with the environment its supervisor gave
+    it, so that nothing (watchdog, supervisor) stops it before it tries."""
+    stale_env = {
+        **beats.env,
+        "COORDINATOR_BACKEND": store.kind,
+        "COORDINATOR_URL": store.url,
+        "COORDINATOR_KEY_PREFIX": store.prefix,
+        "COORDINATOR_NAME": beats.name,
+        "COORDINATOR_NODE_ID": "stale",
+        # Older than any token the backend hands out to the supervisor below.
+        "COORDINATOR_FENCING_TOKEN": "1",
+    }
+    log_path = tmp_path / "stale.log"
+    with open(log_path, "wb") as log:
+        stale = subprocess.Popen(
+            beats.command("stale")[beats.command("stale").index("--") + 1 :],
+            env=stale_env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        wait_until(lambda: log_path.read_text().count("Sending due task fast") >= 2, 20, 0.1)
+        os.kill(stale.pid, signal.SIGSTOP)  # frozen: it lost its lease meanwhile
+        frozen_sends = log_path.read_text().count("Sending due task")
+        beats.start("new")
+        beats.wait_holder()
+        wait_until(lambda: beats.log("new").count("Sending due task fast") >= 2, 20, 0.1)
+        resumed_at = time.monotonic()
+        os.kill(stale.pid, signal.SIGCONT)
+        time.sleep(FAST * 3)  # its overdue ticks are due at once: it tries
+        fast = [t for t in beats.listener.times("fast") if t > resumed_at - FAST]
+        assert early_duplicates(fast, FAST) == [], fast
+        text = log_path.read_text()
+        assert text.count("Sending due task") == frozen_sends, text[-2000:]
+        assert "lost its lease and sends nothing more" in text, text[-2000:]
+    finally:
+        if stale.poll() is None:
+            os.kill(stale.pid, signal.SIGCONT)
+            stale.terminate()
+        stale.wait(timeout=15)
+
+
+def test_without_a_supervisor_one_clear_line(tmp_path: Path, redis_url: str) -> None:
+    """Run outside coordinator (no COORDINATOR_* variables): one error line, exit 2."""
+    beats_env = {k: v for k, v in os.environ.items() if not k.startswith("COORDINATOR_")}
+    (tmp_path / "proj.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('proj', broker={redis_url!r})\n"
+        "app.conf.broker_connection_retry_on_startup = True\n"
+    )
+    beats_env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{tmp_path}"
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "proj", "beat", "-S", SCHEDULER],
+        env=beats_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "coordinator.celery: error" in line]
+    assert len(errors) == 1 and "COORDINATOR_BACKEND" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
