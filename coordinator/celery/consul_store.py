@@ -16,7 +16,9 @@ from coordinator.backends.consul import Conflict as TxnConflict
 from coordinator.backends.consul import ConsulBackend
 from coordinator.celery.store import (
     ABSENT,
+    Conflict,
     EntryState,
+    Fenced,
     Snapshot,
     Store,
     decode,
@@ -30,17 +32,32 @@ class ConsulStore(Store):
         assert isinstance(backend, ConsulBackend)
         self.consul: ConsulBackend = backend
         self.key = f"{backend.key(name)}/celery"
+        self._known = (ABSENT, 0)  # the version last read or written, and its fence
 
     def describe(self) -> str:
         return f"key {self.key} on consul at {self.consul.where}"
 
     def read(self) -> Snapshot:
         _, entry = self.consul._call(self.consul.client.kv.get, self.key, consistency="consistent")
-        if entry is None:
-            return Snapshot(0, {}, ABSENT)
-        return decode(entry.get("Value"), str(entry["ModifyIndex"]))
+        snapshot = (
+            Snapshot(0, {}, ABSENT)
+            if entry is None
+            else decode(entry.get("Value"), str(entry["ModifyIndex"]))
+        )
+        self._known = (snapshot.version, snapshot.fence)
+        return snapshot
 
     def write(self, token: int, entries: dict[str, EntryState], version: str) -> str:
+        # Consul cannot compare a value on the server: check the fence of the version we
+        # replace (read again unless it is the one we last saw); the check-and-set below
+        # fails if the key moved on from that version.
+        if self._known[0] != version:
+            self.read()
+        known_version, fence = self._known
+        if known_version != version:
+            raise Conflict()
+        if fence > token:
+            raise Fenced(fence)
         value = base64.b64encode(encode(token, entries).encode()).decode()
         # A transaction, because its reply carries the new ModifyIndex. Index 0: only if
         # the key does not exist yet.
@@ -49,4 +66,6 @@ class ConsulStore(Store):
             result = self.consul._call(self.consul._txn, [{"KV": operation}])
         except TxnConflict:
             self.refuse(token)
-        return str(result["Results"][0]["KV"]["ModifyIndex"])
+        new = str(result["Results"][0]["KV"]["ModifyIndex"])
+        self._known = (new, token)
+        return new
