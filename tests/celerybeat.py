@@ -30,6 +30,10 @@ app = Celery("proj", broker=os.environ["BEAT_BROKER_URL"])
 app.conf.broker_connection_retry_on_startup = True
 app.conf.beat_max_loop_interval = 1
 app.conf.task_default_queue = os.environ["BEAT_QUEUE"]
+if os.environ.get("BEAT_REDBEAT_LOCK_TIMEOUT"):  # the benchmark's RedBeat nodes
+    app.conf.redbeat_redis_url = os.environ["BEAT_BROKER_URL"]
+    app.conf.redbeat_lock_timeout = int(os.environ["BEAT_REDBEAT_LOCK_TIMEOUT"])
+    app.conf.redbeat_key_prefix = os.environ["BEAT_QUEUE"] + ":"
 app.conf.beat_schedule = {
     name: {"task": f"proj.{name}", "schedule": float(seconds) if seconds else crontab()}
     for name, seconds in (
