@@ -92,3 +92,22 @@ def test_microsecond_round_trip() -> None:
     moment = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
     assert from_us(to_us(moment)) == moment
     assert to_us(moment.replace(tzinfo=None)) == to_us(moment)  # naive is UTC
+
+
+def test_stop_signals_wait_for_the_send() -> None:
+    """A SIGTERM between claim and send is held until the message is out, then
+    delivered to the handler that was there before."""
+    import os
+    import signal
+
+    from coordinator.celery.scheduler import deferred_signals
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []  # claimed, not yet sent: the handler has not run
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

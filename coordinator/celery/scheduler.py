@@ -10,8 +10,13 @@ a tick is sent at most once across holders, and a holder whose claim is refused
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery import beat
@@ -33,6 +38,25 @@ log = get_logger(__name__)
 
 RETRY = 1.0  # seconds before trying a store that could not be reached again
 EXIT_USAGE = 2  # as coordinator's own usage errors (docs/exit-codes.md)
+
+
+@contextlib.contextmanager
+def deferred_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Hold stop signals for the duration, then deliver them to their usual handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (beat embedded in a worker: -B)
+        return
+    caught: list[int] = []
+    previous = {n: signal.getsignal(n) for n in signums}
+    for n in signums:
+        signal.signal(n, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(n, handler if handler is not None else signal.SIG_DFL)
+        for n in caught:
+            os.kill(os.getpid(), n)
 
 
 class Scheduler(beat.Scheduler):  # type: ignore[misc]  # celery is untyped
@@ -125,17 +149,20 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]  # celery is untyped
         """False when the claim could not be made (the store is unreachable, or we were
         fenced): nothing was sent."""
         try:
-            state, claimed = self._claim(entry.name, tick_us)
+            # A SIGTERM (a graceful handoff) between the claim and the send would lose
+            # the tick: it is acted on once the message is out.
+            with deferred_signals():
+                state, claimed = self._claim(entry.name, tick_us)
+                new_entry = self.schedule[entry.name] = self._with_state(entry, state)
+                if claimed:
+                    self.apply_entry(new_entry, producer=self.producer)
         except Fenced as exc:
             self._lost(exc)
             return False
         except (BackendUnavailable, BackendRejected) as exc:
             log.warning("coordinator: cannot claim %s, not sending it yet: %s", entry.name, exc)
             return False
-        new_entry = self.schedule[entry.name] = self._with_state(entry, state)
-        if claimed:
-            self.apply_entry(new_entry, producer=self.producer)
-        else:
+        if not claimed:
             log.info("coordinator: %s was already sent for this tick by a holder", entry.name)
         return True
 
