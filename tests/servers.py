@@ -239,6 +239,18 @@ class PostgresServer(ServerProcess):
             cwd=self.directory,
         )
         wait_for_port(self.port, timeout=30)
+        # The port opens while the server still says "the database system is starting up".
+        import psycopg
+
+        end = time.monotonic() + 30
+        while True:
+            try:
+                self.sql("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
 
     def restart(self, immediate: bool = True) -> None:
         self.stop(signal.SIGQUIT if immediate else signal.SIGINT)

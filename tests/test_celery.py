@@ -172,3 +172,66 @@ def test_without_a_supervisor_one_clear_line(tmp_path: Path, redis_url: str) -> 
     errors = [line for line in result.stderr.splitlines() if "coordinator.celery: error" in line]
     assert len(errors) == 1 and "COORDINATOR_BACKEND" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_postgres_privileges(redis_url: str, tmp_path: Path) -> None:
+    """A role that may neither create the table nor use it: beat says so on one line
+    (no password) and exits 3. Granted SELECT, INSERT, UPDATE on a table made
+    beforehand, as docs/celery.md says, the same role keeps the schedule. A server of
+    its own: making roles needs its superuser."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    from coordinator.celery.postgres_store import CREATE, TABLE
+    from coordinator.celery.store import ABSENT, EntryState, Settings, open_store
+    from tests.servers import PostgresServer
+
+    server = PostgresServer()
+    try:
+        role, password = f"beat_{uuid.uuid4().hex[:8]}", "pw-8c1e0f"
+        server.sql(
+            f"REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+            f"CREATE ROLE {role} LOGIN PASSWORD '{password}'",
+            database=server.DATABASE,
+        )
+        parts = urlsplit(server.url)
+        url = f"postgresql://{role}:{password}@{parts.hostname}:{parts.port}{parts.path}"
+        (tmp_path / "proj.py").write_text(
+            "from celery import Celery\n"
+            f"app = Celery('proj', broker={redis_url!r})\n"
+            "app.conf.broker_connection_retry_on_startup = True\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+            "COORDINATOR_BACKEND": "postgres",
+            "COORDINATOR_URL": url,
+            "COORDINATOR_KEY_PREFIX": "p/",
+            "COORDINATOR_NAME": "beat",
+            "COORDINATOR_FENCING_TOKEN": "1",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "proj", "beat", "-S", SCHEDULER],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 3, result.stderr
+        errors = [line for line in result.stderr.splitlines() if "celery: error" in line]
+        assert len(errors) == 1 and "permission denied" in errors[0], result.stderr
+        assert password not in result.stderr and "Traceback" not in result.stderr
+
+        server.sql(
+            f"{CREATE}; GRANT SELECT, INSERT, UPDATE ON {TABLE} TO {role}",
+            database=server.DATABASE,
+        )
+        store = open_store(Settings("postgres", url, "p/", "beat", "n1", 1))
+        try:
+            version = store.write(1, {"a": EntryState(1, 1)}, ABSENT)
+            assert store.read().version == version
+        finally:
+            store.close()
+    finally:
+        server.close()

@@ -38,6 +38,7 @@ log = get_logger(__name__)
 
 RETRY = 1.0  # seconds before trying a store that could not be reached again
 EXIT_USAGE = 2  # as coordinator's own usage errors (docs/exit-codes.md)
+EXIT_REJECTED = 3  # as coordinator's own "the backend refused us"
 
 
 @contextlib.contextmanager
@@ -87,7 +88,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]  # celery is untyped
             except Fenced as exc:
                 self._lost(exc)
                 return
-            except (BackendUnavailable, BackendRejected, Conflict) as exc:
+            except BackendRejected as exc:  # credentials or privileges: not for retrying
+                print(f"coordinator.celery: error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_REJECTED) from exc
+            except (BackendUnavailable, Conflict) as exc:
                 log.warning("coordinator: cannot load the schedule state, retrying: %s", exc)
                 time.sleep(RETRY)
 
