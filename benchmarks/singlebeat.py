@@ -20,21 +20,27 @@ def cache_dir() -> Path:
 
 def install() -> str:
     """The path of the single-beat executable; raises RuntimeError saying why not."""
-    venv = cache_dir() / f"single-beat-{VERSION}"
-    executable = venv / "bin" / "single-beat"
+    return venv(f"single-beat-{VERSION}", [f"single-beat=={VERSION}"], "single-beat")
+
+
+def venv(name: str, packages: list[str], program: str) -> str:
+    """`program` from a virtualenv of the cache directory holding `packages`, made
+    once; raises RuntimeError saying why not."""
+    home = cache_dir() / name
+    executable = home / "bin" / program
     if executable.exists():
         return str(executable)
-    venv.parent.mkdir(parents=True, exist_ok=True)
+    home.parent.mkdir(parents=True, exist_ok=True)
     base = getattr(sys, "_base_executable", sys.executable)
     steps = [
-        [base, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"single-beat=={VERSION}"],
+        [base, "-m", "venv", str(home)],
+        [str(home / "bin" / "python"), "-m", "pip", "install", "-q", *packages],
     ]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines()
-            raise RuntimeError(f"could not install single-beat {VERSION}: {' '.join(lines[-2:])}")
+            raise RuntimeError(f"could not install {name}: {' '.join(lines[-2:])}")
     if not executable.exists():
-        raise RuntimeError(f"single-beat {VERSION} installed no single-beat command")
+        raise RuntimeError(f"{name} installed no {program}")
     return str(executable)

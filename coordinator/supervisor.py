@@ -230,7 +230,16 @@ class Supervisor:
     # -- holding ----------------------------------------------------------------
 
     def _child_env(self, lease: Lease) -> dict[str, str]:
+        """Our environment, plus where the lease lives and who holds it: a child such as
+        coordinator.celery.Scheduler keeps its state under the same name, fenced by the
+        token, with no configuration of its own."""
         env = dict(os.environ)
+        env["COORDINATOR_BACKEND"] = self.config.backend
+        if self.config.url:
+            env["COORDINATOR_URL"] = self.config.url
+        else:  # the backend's own defaults (REDIS_URL, ...) apply in the child too
+            env.pop("COORDINATOR_URL", None)
+        env["COORDINATOR_KEY_PREFIX"] = self.config.key_prefix
         env["COORDINATOR_NAME"] = self.config.name
         env["COORDINATOR_NODE_ID"] = self.config.node_id
         env["COORDINATOR_FENCING_TOKEN"] = str(lease.fencing_token)

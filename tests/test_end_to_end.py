@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, alive, wait_until
+from tests.cluster import Cluster, alive, cli_env, wait_until
 from tests.conftest import Store
 
 
@@ -183,7 +183,7 @@ def test_forwarded_signal_reaches_the_child(cluster: Cluster, tmp_path: Path) ->
     assert proc.poll() is None  # HUP is forwarded, it does not stop the supervisor
 
 
-def test_child_environment(cluster: Cluster, tmp_path: Path) -> None:
+def test_child_environment(cluster: Cluster, store: Store, tmp_path: Path) -> None:
     out = tmp_path / "env"
     script = (
         "import os, json\n"
@@ -201,9 +201,30 @@ def test_child_environment(cluster: Cluster, tmp_path: Path) -> None:
     assert [r["COORDINATOR_NODE_ID"] for r in runs] == ["n1", "n1"]
     tokens = [int(r["COORDINATOR_FENCING_TOKEN"]) for r in runs]
     assert tokens[0] < tokens[1]
-    # No backend address or credential is added to the child's environment.
+    # Where the lease lives, as the supervisor uses it (--url here), and nothing else.
     assert {k for k in runs[0] if "REDIS" in k} == env_before
-    assert "COORDINATOR_URL" not in runs[0] or "COORDINATOR_URL" in os.environ
+    assert runs[0]["COORDINATOR_BACKEND"] == store.kind
+    assert runs[0]["COORDINATOR_URL"] == store.url
+    assert runs[0]["COORDINATOR_KEY_PREFIX"] == store.prefix
+
+
+def test_child_environment_without_url(tmp_path: Path) -> None:
+    """No --url: COORDINATOR_URL stays absent, so the child applies the backend's own
+    defaults (REDIS_URL, ...) exactly as the supervisor did."""
+    script = (
+        "import os; print(os.environ.get('COORDINATOR_URL'), os.environ['COORDINATOR_BACKEND'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COORDINATOR_URL"}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--name", "env", "--", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cli_env(env),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "file"]
 
 
 def test_python_dash_m_entry_point() -> None:
