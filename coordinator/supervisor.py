@@ -195,11 +195,11 @@ class Supervisor:
     def _note_holder(self) -> None:
         """After a failed acquisition: log when this node starts standing by, and each
         time the holder (node or fencing token) changes after that. One holder() read
-        per failed acquisition, about one per ttl while nothing changes (what it costs
-        per backend: docs/observability.md)."""
+        per failed acquisition, about one per ttl while nothing changes, none where the
+        acquisition read it already (consul; docs/observability.md)."""
         try:
             holder = self.caller.call(
-                self.backend.holder, self.config.name, timeout=self._call_timeout()
+                self.backend.refused_by, self.config.name, timeout=self._call_timeout()
             )
         except (BackendUnavailable, BackendRejected):
             holder = None

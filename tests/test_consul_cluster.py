@@ -32,7 +32,11 @@ def test_leader_killed_then_holders_agent_stopped(
     cluster = Cluster(tmp_path, ["--backend", "consul"], ttl=TTL)
     try:
         for agent in consul_cluster.clients:
-            cluster.start("--url", agent.url, probe_flags=("--slow-stop=0.5",))
+            # serfHealth in the session: a node lost with its agent is noticed by gossip
+            # (the lock-delay is then the ttl), not only by the session's backstop TTL.
+            cluster.start(
+                "--url", agent.url, "--consul-node-check", probe_flags=("--slow-stop=0.5",)
+            )
         cluster.wait_starts(1, timeout=TTL + 15)
         holder = cluster.holder()
         agent = consul_cluster.clients[cluster.procs.index(holder)]

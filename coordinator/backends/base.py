@@ -110,6 +110,11 @@ class Backend(abc.ABC):
         """Drop what was kept for a lease found lost, once its child is reaped (a lost
         lease is not ours to release: someone else may hold the lock now)."""
 
+    def refused_by(self, name: str) -> HolderInfo | None:
+        """Who holds the lock, asked right after acquire() said no. Backends whose
+        acquire just read the holder answer from that, without another request."""
+        return self.holder(name)
+
     @abc.abstractmethod
     def holder(self, name: str) -> HolderInfo | None:
         """Who holds the lock now, or None when it is free."""

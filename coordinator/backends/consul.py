@@ -184,6 +184,7 @@ class ConsulBackend(Backend):
         self._base: dict[str, int] = {}  # session -> the Flags its lock wrote
         self._renewed: dict[str, float] = {}  # session -> last session renewal
         self._watch: dict[str, Watch] = {}  # session -> its watch
+        self._refused_by: dict[str, dict[str, Any]] = {}  # name -> the entry that said no
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -345,6 +346,7 @@ class ConsulBackend(Backend):
         self._index[name] = index
         self._clean_checks()
         if entry is not None and entry.get("Session"):
+            self._refused_by[name] = entry
             return None
         flags = int(entry.get("Flags") or 0) if entry else 0
         base = flags if flags >= OFFSET else OFFSET
@@ -515,8 +517,16 @@ class ConsulBackend(Backend):
         self._destroy(lease.token)
         self._deregister(lease.name)
 
+    def refused_by(self, name: str) -> HolderInfo | None:
+        entry = self._refused_by.pop(name, None)
+        return self.holder(name) if entry is None else self._describe(entry)
+
     def holder(self, name: str) -> HolderInfo | None:
         _, entry = self._read(name)
+        return self._describe(entry)
+
+    @staticmethod
+    def _describe(entry: dict[str, Any] | None) -> HolderInfo | None:
         if entry is None or not entry.get("Session"):
             return None
         value = base64.b64decode(entry.get("Value") or "") or b"{}"

@@ -44,7 +44,7 @@ class ConsulStore(Store):
         snapshot = (
             Snapshot(0, {}, ABSENT)
             if entry is None
-            else decode(entry.get("Value"), str(entry["ModifyIndex"]))
+            else decode(base64.b64decode(entry.get("Value") or ""), str(entry["ModifyIndex"]))
         )
         self._known = (snapshot.version, snapshot.fence)
         return snapshot
