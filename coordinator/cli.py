@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -108,7 +109,8 @@ def setup_logging(
 
 
 @app.command(
-    context_settings={"allow_interspersed_args": False},
+    # A command's own settings replace the app's: repeat -h here.
+    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
     epilog="Everything after '--' (or after the first word that is not an option) is the "
     "command and its arguments, passed to it unchanged. Exit status: the command's own; "
     "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
@@ -232,6 +234,7 @@ def run(
     """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
     from coordinator import observe
     from coordinator.backends import create_backend
+    from coordinator.child import resolve
     from coordinator.supervisor import Supervisor
 
     kwargs: dict[str, object] = {}
@@ -255,6 +258,8 @@ def run(
         raise ConfigError(
             f"unknown log format {log_format!r} (choose from {', '.join(observe.LOG_FORMATS)})"
         )
+    # Before the backend is contacted: a typo fails now, not at this node's first takeover.
+    resolve(config.command[0], os.environ)
     store = create_backend(config)
     tracker = observe.Tracker(config, status_file)
     setup_logging(log_level, config if log_format == "json" else None, tracker)

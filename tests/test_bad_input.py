@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -195,3 +197,128 @@ def test_wait_timeout_exits_4(tmp_path: Path) -> None:
     finally:
         holder.terminate()
         holder.wait()
+
+
+def hold_lock(tmp_path: Path, name: str) -> subprocess.Popen[str]:
+    """A supervisor holding the file lock `name` under tmp_path, running sleep."""
+    holder = spawn_cli("--name", name, "--", "sleep", "30", env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    wait_until(lambda: (tmp_path / "coordinator" / f"{name}.lock").exists(), timeout=10)
+    time.sleep(0.3)
+    return holder
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "needle"),
+    [
+        (["no-such-program-here"], 127, "command not found in PATH: no-such-program-here"),
+        (["/nonexistent/program"], 127, "command not found: /nonexistent/program"),
+        (["/dev/null"], 126, "not executable: /dev/null: permission denied"),
+        (["/tmp"], 126, "not executable: /tmp: is a directory"),
+        ([""], 127, "command not found"),
+    ],
+)
+def test_command_is_resolved_before_contending(
+    command: list[str], code: int, needle: str, tmp_path: Path
+) -> None:
+    """While another node holds the lock: the typo is reported at once, not at the
+    first takeover."""
+    holder = hold_lock(tmp_path, "busy")
+    try:
+        start = time.monotonic()
+        status, output = run(
+            "--name", "busy", "--", *command, env={"XDG_RUNTIME_DIR": str(tmp_path)}
+        )
+        assert status == code, output
+        assert time.monotonic() - start < 5
+        assert_one_clear_line(output, needle)
+        assert "contending" not in output
+    finally:
+        holder.terminate()
+        holder.wait()
+
+
+def test_command_lookup_uses_path_like_the_shell(tmp_path: Path) -> None:
+    """A non-executable file first in PATH is skipped for an executable one later; a
+    directory of that name is skipped; only non-executable files give 126."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "tool").write_text("#!/bin/sh\nexit 0\n")  # not executable
+    (first / "dir-tool").mkdir()
+    (second / "tool").write_text("#!/bin/sh\nexit 7\n")
+    (second / "tool").chmod(0o755)
+    env = {"XDG_RUNTIME_DIR": str(tmp_path), "PATH": f"{first}:{second}:/usr/bin:/bin"}
+    status, output = run("--", "tool", env=env)
+    assert status == 7, output
+    status, output = run("--", "dir-tool", env=env)
+    assert status == 127, output
+    assert_one_clear_line(output, "command not found in PATH: dir-tool")
+    (second / "tool").unlink()
+    status, output = run("--", "tool", env=env)
+    assert status == 126, output
+    assert_one_clear_line(output, "command not executable: tool: permission denied")
+
+
+def test_a_typo_of_status_is_a_command_that_takes_no_lock(tmp_path: Path) -> None:
+    status, output = run("stauts", "--name", "x", env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert status == 127, output
+    assert_one_clear_line(output, "command not found in PATH: stauts")
+    assert not (tmp_path / "coordinator").exists() or not list(
+        (tmp_path / "coordinator").iterdir()
+    ), "the lock was taken for a command that does not exist"
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_short_help_works_like_long_help(flag: str) -> None:
+    status, output = run(flag)
+    assert status == 0, output
+    assert output.startswith("Usage: coordinator"), output
+    assert "--wait-timeout" in output
+
+
+def test_wait_timeout_zero_is_one_attempt(tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    status, output = run("--name", "wt0", "--wait-timeout", "0", "--", "true", env=env)
+    assert status == 0, output  # a free lock is taken
+    holder = hold_lock(tmp_path, "wt0")
+    try:
+        start = time.monotonic()
+        status, output = run("--name", "wt0", "--wait-timeout", "0", "--", "true", env=env)
+        assert status == 4, output
+        assert time.monotonic() - start < 5
+    finally:
+        holder.terminate()
+        holder.wait()
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_an_outage_is_repeated_in_the_log_while_it_lasts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator import supervisor
+    from coordinator.backends import create_backend
+    from coordinator.config import Config
+
+    monkeypatch.setattr(supervisor, "DOWN_REMINDER", 0.5)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    config = Config(("true",), backend="redis", url=url, ttl=2, grace=0.5, wait_timeout=2.2)
+    lines = Lines()
+    logger = logging.getLogger("coordinator")
+    logger.addHandler(lines)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        code = supervisor.Supervisor(config, create_backend(config)).run()
+    finally:
+        logger.removeHandler(lines)
+    assert code == 4
+    first = [line for line in lines.lines if line.startswith("cannot reach the backend")]
+    again = [line for line in lines.lines if line.startswith("still cannot reach the backend")]
+    assert len(first) == 1, lines.lines
+    assert 2 <= len(again) <= 5, lines.lines
+    assert "Connection refused" in again[0] or "connect" in again[0].lower(), again
