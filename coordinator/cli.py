@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from coordinator import __version__
+from coordinator import __version__, limits
 from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
 from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
 
@@ -305,8 +305,7 @@ def status(
 
     if not name and not command:
         raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
-    if not timeout > 0:
-        raise ConfigError(f"--timeout must be positive, got {timeout:g}")
+    limits.seconds("--timeout", timeout, 0, limits.MAX_SECONDS, above=True)
     config = Config(
         # The command only derives the default name: status runs nothing.
         command=tuple(command or ("status",)),

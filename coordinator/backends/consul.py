@@ -38,6 +38,7 @@ from coordinator.config import Config, redact_url
 from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
 
 MIN_TTL = 10.0  # Consul refuses session TTLs below 10 s
+SESSION_TTL_MAX = 86400.0  # Consul refuses longer session TTLs (24 h)
 FREE_POLL = 0.5  # a free key that cannot be locked is inside its lock-delay
 
 
@@ -222,6 +223,12 @@ def create(config: Config) -> Backend:
             f"--ttl {config.ttl:g}s is below Consul's minimum session TTL of 10s: use --ttl 10 "
             "or more with the consul backend"
         )
+    if math.ceil(config.ttl) > SESSION_TTL_MAX:
+        raise ConfigError(
+            f"--ttl must be at most {SESSION_TTL_MAX:g} seconds with the consul backend "
+            f"(Consul's longest session TTL), got {config.ttl:g}"
+        )
+    check_key(config.key_prefix + config.name)
     address = config.url or os.environ.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
     if "://" not in address:
         scheme = "https" if os.environ.get("CONSUL_HTTP_SSL", "").lower() == "true" else "http"
@@ -240,3 +247,21 @@ def create(config: Config) -> Backend:
         config.consul_node_check,
         config.node_id,
     )
+
+
+def check_key(key: str) -> None:
+    """Keys Consul's KV API takes as they are. The HTTP endpoint cleans the path
+    (path.Clean) and refuses `..`, spaces at either end and escapes of them, while a
+    transaction takes the key verbatim: a key that differs once cleaned would be
+    locked under one name and read under another."""
+    segments = key.split("/")
+    if (
+        key.startswith("/")
+        or key != key.strip(" ")
+        or "%" in key
+        or any(segment in ("", ".", "..") for segment in segments)
+    ):
+        raise ConfigError(
+            f"consul key {key!r} (--key-prefix + --name) must not start or end with '/' "
+            "or a space, nor contain '//', '%', or a '.' or '..' segment"
+        )
