@@ -13,9 +13,11 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from urllib.parse import quote
 
 import pytest
@@ -216,20 +218,35 @@ def environment(extra: dict[str, str], runtime: Path) -> Iterator[None]:
         os.environ.update(saved)
 
 
+class Hung(BaseException):
+    """The run went on past twice EXAMPLE_LIMIT: stopped so the test fails, not hangs."""
+
+
+def hung(signum: int, frame: FrameType | None) -> None:
+    raise Hung()
+
+
 def run_in_process(argv: list[str]) -> tuple[int, str, float]:
+    """main(argv) with stdout and stderr captured; code -1 if it had to be stopped."""
     from coordinator.cli import main
 
     out = io.StringIO()
     start = time.monotonic()
     logger = logging.getLogger("coordinator")
     handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 2 * EXAMPLE_LIMIT)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             main(argv)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        except Hung:
+            code = -1
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
             logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
     return code, out.getvalue(), time.monotonic() - start
 
@@ -347,7 +364,14 @@ def test_no_password_in_the_output(backend: str, url: str, command: str, tmp_pat
     [
         ["--ttl", "nan", "--", "true"],
         ["-b", "redis", "--url", f"redis://u:{quote(SECRET, safe='')}@127.0.0.1:abc", "--", "true"],
-        ["-b", "postgres", "--url", f"postgresql://127.0.0.1:{CLOSED}/db?sslmode=bogus", "--", "x"],
+        [
+            "-b",
+            "postgres",
+            "--url",
+            f"postgresql://127.0.0.1:{CLOSED}/db?sslmode=bogus",
+            "--",
+            "true",
+        ],
         ["status", "-b", "redis", "--url", f"redis://127.0.0.1:{CLOSED}/0?foo=1", "-n", "x"],
         ["--wait-timeout", "0.2", "-b", "redis", "--url", f"redis://127.0.0.1:{CLOSED}", "true"],
         ["stauts"],
