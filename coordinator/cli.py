@@ -134,7 +134,8 @@ def run(
             envvar="COORDINATOR_TTL",
             show_envvar=True,
             help="Lease time to live in seconds: a crashed holder is replaced after about this. "
-            "Renewed every ttl/3.",
+            "Renewed every ttl/3. From 0.5 (consul: 10) to 1e9 (postgres: 98301, consul: "
+            "86400); see docs/limits.md.",
         ),
     ] = DEFAULT_TTL,
     grace: Annotated[
@@ -162,8 +163,8 @@ def run(
             metavar="SECONDS",
             envvar="COORDINATOR_WAIT_TIMEOUT",
             show_envvar=True,
-            help="Give up (exit 4) after waiting this many seconds for the lease. "
-            "Default: wait forever.",
+            help="Give up (exit 4) after waiting this many seconds for the lease; 0 makes "
+            "one attempt. Default: wait forever.",
         ),
     ] = None,
     safety_delay: Annotated[
