@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -35,6 +36,41 @@ class ChildStartError(CoordinatorError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def resolve(program: str, env: Mapping[str, str]) -> str:
+    """The file the shell would execute for `program`, checked before contending so a
+    standby with a typo fails at once rather than at its first takeover.
+
+    As the shell: a name with a slash is used as is, any other is looked up in PATH
+    (the child's, else the system default), skipping directories and files without
+    execute permission. Raises ChildStartError with 127 (not found) or 126 (found,
+    not executable). Child() checks again at exec time: a file can vanish meanwhile.
+    """
+    if not program:
+        raise ChildStartError("command not found: '' (an empty program name)", EXIT_NOT_FOUND)
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = env.get("PATH", os.defpath)
+        candidates = [os.path.join(entry or ".", program) for entry in path.split(os.pathsep)]
+    denied = ""
+    for candidate in candidates:
+        try:
+            info = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if "/" in program:  # the shell skips directories in a PATH lookup
+                denied = f"command not executable: {program}: is a directory"
+        elif not os.access(candidate, os.X_OK):
+            denied = denied or f"command not executable: {program}: permission denied"
+        else:
+            return candidate
+    if denied:
+        raise ChildStartError(denied, EXIT_NOT_EXECUTABLE)
+    where = "" if "/" in program else " in PATH"
+    raise ChildStartError(f"command not found{where}: {program}", EXIT_NOT_FOUND)
 
 
 def _make_preexec(supervisor_pid: int) -> Callable[[], None]:

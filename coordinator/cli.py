@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from coordinator import __version__, redact
+from coordinator import __version__, limits, redact
 from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
 from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
 
@@ -108,7 +108,8 @@ def setup_logging(
 
 
 @app.command(
-    context_settings={"allow_interspersed_args": False},
+    # A command's own settings replace the app's: repeat -h here.
+    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
     epilog="Everything after '--' (or after the first word that is not an option) is the "
     "command and its arguments, passed to it unchanged. Exit status: the command's own; "
     "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
@@ -132,7 +133,8 @@ def run(
             envvar="COORDINATOR_TTL",
             show_envvar=True,
             help="Lease time to live in seconds: a crashed holder is replaced after about this. "
-            "Renewed every ttl/3.",
+            "Renewed every ttl/3. From 0.5 (consul: 10) to 1e9 (postgres: 98301, consul: "
+            "86400); see docs/limits.md.",
         ),
     ] = DEFAULT_TTL,
     grace: Annotated[
@@ -160,8 +162,8 @@ def run(
             metavar="SECONDS",
             envvar="COORDINATOR_WAIT_TIMEOUT",
             show_envvar=True,
-            help="Give up (exit 4) after waiting this many seconds for the lease. "
-            "Default: wait forever.",
+            help="Give up (exit 4) after waiting this many seconds for the lease; 0 makes "
+            "one attempt. Default: wait forever.",
         ),
     ] = None,
     safety_delay: Annotated[
@@ -232,6 +234,7 @@ def run(
     """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
     from coordinator import observe, watchdog
     from coordinator.backends import create_backend
+    from coordinator.child import resolve
     from coordinator.supervisor import Supervisor
 
     redact.register_url(url)
@@ -260,6 +263,8 @@ def run(
     json_for = config if log_format == "json" else None
     setup_logging(log_level, json_for)  # what creating the backend logs is redacted too
     watchdog.configure(log_format, config.name, config.node_id)
+    # Before the backend is contacted: a typo fails now, not at this node's first takeover.
+    resolve(config.command[0], os.environ)
     store = create_backend(config)
     tracker = observe.Tracker(config, status_file)
     setup_logging(log_level, json_for, tracker)
@@ -306,8 +311,7 @@ def status(
     redact.register_url(url)
     if not name and not command:
         raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
-    if not timeout > 0:
-        raise ConfigError(f"--timeout must be positive, got {timeout:g}")
+    limits.seconds("--timeout", timeout, 0, limits.MAX_SECONDS, above=True)
     config = Config(
         # The command only derives the default name: status runs nothing.
         command=tuple(command or ("status",)),

@@ -9,6 +9,7 @@ import shlex
 import socket
 from dataclasses import dataclass, field
 
+from coordinator import limits
 from coordinator.errors import ConfigError
 from coordinator.redact import redact_url
 
@@ -34,7 +35,9 @@ def default_name(command: tuple[str, ...]) -> str:
         raise ConfigError("no command given: put the command after '--'")
     words = (os.path.basename(command[0]), *command[1:])
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", " ".join(words)).strip("-")[:48]
-    digest = hashlib.sha256(shlex.join(words).encode()).hexdigest()[:12]
+    # surrogatepass: a command line word that is not UTF-8 still hashes, the same on
+    # every node.
+    digest = hashlib.sha256(shlex.join(words).encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{readable}-{digest}"
 
 
@@ -92,10 +95,11 @@ class Config:
             raise ConfigError("no command given: put the command after '--'")
         if not self.name.strip():
             raise ConfigError("--name must not be empty")
-        if not self.ttl > 0:
-            raise ConfigError(f"--ttl must be positive, got {self.ttl:g}")
-        if self.grace < 0:
-            raise ConfigError(f"--grace must not be negative, got {self.grace:g}")
+        limits.text("--name", self.name, limits.MAX_NAME)
+        limits.text("--node-id", self.node_id, limits.MAX_NAME)
+        limits.text("--key-prefix", self.key_prefix, limits.MAX_PREFIX)
+        limits.seconds("--ttl", self.ttl, limits.MIN_TTL, limits.MAX_SECONDS)
+        limits.seconds("--grace", self.grace, 0, limits.MAX_SECONDS)
         if self.grace >= self.max_grace:
             raise ConfigError(
                 f"--grace {self.grace:g}s is too long for --ttl {self.ttl:g}s: the child must be "
@@ -103,10 +107,10 @@ class Config:
                 f"{self.max_grace:.2f}s (ttl - ttl/3 - call timeout {self.call_timeout:.2f}s - "
                 f"margin {self.margin:.2f}s); raise --ttl or lower --grace"
             )
-        if self.wait_timeout is not None and self.wait_timeout < 0:
-            raise ConfigError(f"--wait-timeout must not be negative, got {self.wait_timeout:g}")
-        if self.safety_delay is not None and self.safety_delay < 0:
-            raise ConfigError(f"--safety-delay must not be negative, got {self.safety_delay:g}")
+        if self.wait_timeout is not None:
+            limits.seconds("--wait-timeout", self.wait_timeout, 0, limits.MAX_SECONDS)
+        if self.safety_delay is not None:
+            limits.seconds("--safety-delay", self.safety_delay, 0, limits.MAX_SECONDS)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"unknown log level {self.log_level!r} (choose from {', '.join(LOG_LEVELS)})"

@@ -34,6 +34,8 @@ log = logging.getLogger("coordinator")
 PAUSE_NOTICE = 1.0
 # How often a holder whose backend is not ready for a child yet renews to ask again.
 READY_POLL = 0.2
+# While the backend stays unreachable, repeat the warning this often.
+DOWN_REMINDER = 60.0
 
 
 class State(Enum):
@@ -148,12 +150,17 @@ class Supervisor:
         started = time.monotonic()
         backoff = Backoff(0.2, max(0.5, min(5.0, cfg.ttl / 2)))
         self._enter(State.CONTENDING, f"contending for {self.where} as {cfg.node_id}")
+        attempts = 0
+        down_since = 0.0
+        reminded = 0.0
         while True:
             self._check_stop()
             waited = time.monotonic() - started
-            if cfg.wait_timeout is not None and waited >= cfg.wait_timeout:
+            # At least one attempt: --wait-timeout 0 takes a free lock.
+            if cfg.wait_timeout is not None and attempts and waited >= cfg.wait_timeout:
                 log.error("gave up after waiting %.1fs for %s (--wait-timeout)", waited, self.where)
                 raise Exit(EXIT_WAIT_TIMEOUT)
+            attempts += 1
             info = HolderInfo(node_id=cfg.node_id)
             try:
                 lease = self.caller.call(
@@ -185,6 +192,17 @@ class Supervisor:
                 delay = backoff.next()
                 if cfg.wait_timeout is not None:
                     delay = min(delay, max(0.0, cfg.wait_timeout - waited))
+                now = time.monotonic()
+                if self.state is not State.BACKEND_DOWN:
+                    down_since = reminded = now
+                elif now - reminded >= DOWN_REMINDER:
+                    # A standby that waits for a backend must not look idle in the log.
+                    reminded = now
+                    log.warning(
+                        "still cannot reach the backend after %.0fs, will keep trying: %s",
+                        now - down_since,
+                        exc,
+                    )
                 self._enter(
                     State.BACKEND_DOWN,
                     f"cannot reach the backend, will keep trying: {exc}",

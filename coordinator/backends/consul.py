@@ -66,6 +66,8 @@ FREE_POLL = 0.25
 SPARE_FOR = 0.5  # in ttls
 # The servers do not know our check yet, or still know it as critical.
 CHECK_NOT_SYNCED = re.compile(r"Missing check|in critical state")
+SESSION_TTL_MAX = 86400.0  # Consul refuses longer session TTLs (24 h)
+LOCK_DELAY_MAX = 60.0  # Consul silently shortens a longer lock-delay to this
 
 
 class Conflict(BackendUnavailable):
@@ -596,6 +598,17 @@ def create(config: Config) -> Backend:
         raise ConfigError(
             f"--ttl {config.ttl:g}s is below the consul backend's minimum of {MIN_TTL:g}s: "
             f"use --ttl {MIN_TTL:g} or more"
+        )
+    if max(10.0, BACKSTOP_TTLS * config.ttl) > SESSION_TTL_MAX:
+        raise ConfigError(
+            f"--ttl must be at most {SESSION_TTL_MAX / BACKSTOP_TTLS:g} seconds with the consul "
+            f"backend (its backstop session TTL, {BACKSTOP_TTLS} x ttl, must stay within "
+            f"Consul's longest, 24 h), got {config.ttl:g}"
+        )
+    if (delay := lock_delay(config)) > LOCK_DELAY_MAX:
+        raise ConfigError(
+            f"the consul lock-delay would be {delay:g}s (--safety-delay, or the ttl with "
+            f"--consul-node-check) and Consul caps it at {LOCK_DELAY_MAX:g}s: lower it"
         )
     key = f"{config.key_prefix}{config.name}"
     if problem := key_problem(key):

@@ -64,6 +64,19 @@ REJECTED_TEXT = re.compile(
     r"password authentication failed|no pg_hba\.conf entry|does not exist|permission denied"
     r"|no password supplied|role .* is not permitted to log in"
 )
+# Mistakes in the connection string or its options that libpq or the server report
+# when connecting (connection errors carry no SQLSTATE): waiting cannot fix them.
+CONFIG_STATES = {"22023", "42704"}  # invalid parameter value, unknown setting
+CONFIG_TEXT = re.compile(
+    r'invalid integer value|invalid port number|invalid \w+ (value|method): "'
+    r"|could not match \d+ (host names|port numbers)|invalid connection option"
+    r"|requires a value|unrecognized configuration parameter|invalid value for parameter"
+    r"|server does not support SSL"
+)
+# pg_settings' limit for the int GUCs set to the ttl in milliseconds
+# (idle_session_timeout, tcp_user_timeout, lock_timeout) is 2147483647 ms; Linux's
+# TCP_KEEPIDLE (ttl/3, whole seconds) stops at 32767 s, the lower of the two.
+MAX_TTL = 3 * 32767.0
 
 LOCKED_BY = """
 SELECT l.pid, a.application_name, host(a.client_addr),
@@ -145,6 +158,17 @@ def scrub(message: str, conninfo: str) -> str:
     the URI and its password hidden."""
     redact.register_url(conninfo)
     return redact.redact(message.replace(conninfo, redact_conninfo(conninfo)))
+
+
+def check_ports(conninfo: str) -> None:
+    """Ports from the URL (or PGPORT), checked before any connection attempt."""
+    ports = psycopg.conninfo.conninfo_to_dict(conninfo).get("port") or os.environ.get("PGPORT")
+    for port in str(ports or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(
+                f"invalid port {port!r} in {redact_conninfo(conninfo) or 'PGPORT'}: "
+                "use a number from 1 to 65535"
+            )
 
 
 def first_line(exc: Exception) -> str:
@@ -268,10 +292,15 @@ class PostgresBackend(Backend):
             self._listening.clear()
 
     def _translate(self, exc: Exception) -> Exception:
-        text = first_line(exc)
+        """Classify once: what waiting cannot fix ends the run (ConfigError,
+        BackendRejected); the rest (refused, timeouts, "the database system is starting
+        up", too many connections, a shutdown) is retried. See docs/exit-codes.md."""
+        text = scrub(first_line(exc), self.conninfo)
         state = getattr(exc, "sqlstate", None)
         if tls.verification_failed(exc):
             return BackendRejected(tls.describe("postgres", self.where, text))
+        if state in CONFIG_STATES or CONFIG_TEXT.search(text):
+            return ConfigError(f"postgres at {self.where}: {text}")
         if state in REJECTED_STATES or REJECTED_TEXT.search(text):
             return BackendRejected(f"postgres at {self.where} refused us: {text}")
         return BackendUnavailable(f"postgres at {self.where}: {text}")
@@ -545,6 +574,17 @@ def create(config: Config) -> Backend:
         raise ConfigError(
             f"postgres URL must start with postgresql:// or postgres://, "
             f"got {redact_conninfo(conninfo)!r}"
+        )
+    check_ports(conninfo)
+    if config.ttl > MAX_TTL:
+        raise ConfigError(
+            f"--ttl must be at most {MAX_TTL:g} seconds with the postgres backend (TCP "
+            f"keepalives every ttl/3, at most 32767 s on Linux), got {config.ttl:g}"
+        )
+    if not (config.node_id.isascii() and config.node_id.isprintable()):
+        raise ConfigError(
+            f"--node-id must be printable ASCII with the postgres backend (it is shown "
+            f"through application_name), got {config.node_id!r}"
         )
     return PostgresBackend(
         conninfo, config.ttl, config.call_timeout, config.key_prefix, config.node_id

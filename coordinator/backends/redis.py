@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -121,14 +123,33 @@ RESETS = {
 }
 
 
+# Answers that waiting cannot change: the URL or the server's setup must be fixed.
+CONFIG_TEXT = (
+    "DB index is out of range",  # SELECT n beyond the server's `databases`
+    "invalid DB index",
+    "protocol must be",  # ?protocol= other than 2 or 3
+    "Client names cannot",  # ?client_name= with a space
+    "WRONGTYPE",  # our key holds another type: someone else uses the name
+)
+
+
 def translate(exc: Exception, where: str) -> Exception:
-    """Map a redis-py error to the contract's outcomes."""
-    text = str(exc) or type(exc).__name__
+    """Map a redis-py error to the contract's outcomes, once: what waiting can fix
+    (refused, timeouts, LOADING after a restart, READONLY during a failover, OOM,
+    anything unknown) is BackendUnavailable and retried; see docs/exit-codes.md."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if tls.verification_failed(exc):
         return BackendRejected(tls.describe("redis", where, text))
+    if text.startswith(CONFIG_TEXT) or isinstance(
+        exc, redis.exceptions.MovedError | redis.exceptions.AskError
+    ):
+        return ConfigError(f"redis at {where}: {text}")
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
         return BackendRejected(f"redis at {where} refused us: {text}")
-    if isinstance(exc, redis.ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+    if isinstance(exc, redis.ResponseError) and text.startswith(
+        ("NOAUTH", "WRONGPASS", "NOPERM", "unknown command")
+    ):
+        # A command renamed or disabled in the server's configuration stays so.
         return BackendRejected(f"redis at {where} refused us: {text}")
     return BackendUnavailable(f"redis at {where}: {text}")
 
@@ -149,8 +170,14 @@ class RedisBackend(Backend):
                 retry=Retry(NoBackoff(), 0),  # one attempt per call: the supervisor retries
                 health_check_interval=0,
             )
-        except ValueError as exc:
-            raise ConfigError(f"malformed redis URL {self.where!r}: {exc}") from exc
+            # Build (not connect) one connection: an unknown ?option= fails here.
+            pool = self.client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+        except (ValueError, TypeError, redis.RedisError) as exc:
+            detail = str(exc)
+            if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w+)'", detail)):
+                detail = f"unknown option {bad.group(1)!r}"
+            raise ConfigError(f"malformed redis URL {self.where!r}: {detail}") from exc
         self._acquire = self.client.register_script(ACQUIRE)
         self._renew = self.client.register_script(RENEW)
         self._release = self.client.register_script(RELEASE)
@@ -253,4 +280,22 @@ def create(config: Config) -> Backend:
         raise ConfigError(
             f"redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
         )
+    check_url(url)
     return RedisBackend(url, config.ttl, config.call_timeout, config.key_prefix)
+
+
+def check_url(url: str) -> None:
+    """What redis-py would silently read otherwise: port 0 as 6379, a database that is
+    not a number as 0."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return  # redis-py says what is wrong with it
+    if port == 0:
+        raise ConfigError(f"invalid port 0 in the redis URL {redact_url(url)!r}")
+    if parts.scheme != "unix" and not re.fullmatch(r"/?(\d+)?", unquote(parts.path)):
+        raise ConfigError(
+            f"the redis URL's path must be a database number like /0, got "
+            f"{unquote(parts.path)!r} in {redact_url(url)!r}"
+        )
