@@ -133,8 +133,8 @@ def run(
             envvar="COORDINATOR_TTL",
             show_envvar=True,
             help="Lease time to live in seconds: a crashed holder is replaced after about this. "
-            "Renewed every ttl/3. From 0.5 (consul: 10) to 1e9 (postgres: 98301, consul: "
-            "86400); see docs/limits.md.",
+            "Renewed every ttl/3. From 0.5 (consul: 2) to 1e9 (postgres: 98301, consul: "
+            "2880); see docs/limits.md.",
         ),
     ] = DEFAULT_TTL,
     grace: Annotated[

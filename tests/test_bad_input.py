@@ -352,7 +352,7 @@ PG_CLOSED = "postgresql://u:{secret}@127.0.0.1:{port}/db"
         (["--safety-delay", "nan"], "--safety-delay must be from 0"),
         (["-b", "postgres", "--url", PG_CLOSED, "--ttl", "1e9"], "--ttl must be at most 98301"),
         (["-b", "postgres", "--url", PG_CLOSED, "--ttl", "98302"], "--ttl must be at most 98301"),
-        (["-b", "consul", "--url", "http://127.0.0.1:{port}", "--ttl", "86401"], "at most 86400"),
+        (["-b", "consul", "--url", "http://127.0.0.1:{port}", "--ttl", "2881"], "at most 2880"),
         (["--name", "a\nb"], "--name must not contain control characters"),
         (["--name", "a\x1b[31mb"], "--name must not contain control characters"),
         (["--name", "a\u2028b"], "--name must not contain control characters, line separators"),

@@ -21,7 +21,7 @@ from types import FrameType
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cluster import run_cli
@@ -35,13 +35,6 @@ SECRET = "Zq9x:/?#[]@!$&'()*+,;=%Wv7k"
 MARKERS = ("Zq9x", "Wv7k")
 CLOSED = free_port()  # nothing listens there for the whole run
 EXAMPLE_LIMIT = 4.0  # seconds one in-process run may take
-
-# A password whose reserved characters are not percent-encoded makes the URL
-# unparsable, and the redaction shows it whole: being fixed with the output side of
-# issue 12. strict: once fixed, these pass and the mark must go.
-REDACTION = pytest.mark.xfail(
-    strict=True, reason="redaction of a password that breaks the URL's syntax (issue 12)"
-)
 
 
 def mostly(valid: st.SearchStrategy[str], odd: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -292,10 +285,8 @@ def is_a_directory(argv: list[str], env: dict[str, str]) -> bool:
     return bool(url) and "://" not in url
 
 
-@REDACTION
 @settings(
     max_examples=40,
-    phases=(Phase.generate,),  # no shrinking: the failure is known, see REDACTION
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
@@ -331,7 +322,7 @@ SECRET_CASES = [
     ("postgres", f"host=127.0.0.1 port={CLOSED} password='{QUOTED}'"),
     ("postgres", f"host=127.0.0.1 port=abc password='{QUOTED}'"),
     *(
-        pytest.param(backend, url, marks=REDACTION)
+        pytest.param(backend, url)
         for backend, url in [
             ("redis", f"redis://u:{SECRET}@127.0.0.1:{CLOSED}/0"),
             ("postgres", f"postgresql://u:{SECRET}@127.0.0.1:{CLOSED}/db"),
