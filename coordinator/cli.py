@@ -260,6 +260,7 @@ def run(
         raise ConfigError(
             f"unknown log format {log_format!r} (choose from {', '.join(observe.LOG_FORMATS)})"
         )
+    refuse_own_lock(config)
     json_for = config if log_format == "json" else None
     setup_logging(log_level, json_for)  # what creating the backend logs is redacted too
     watchdog.configure(log_format, config.name, config.node_id)
@@ -321,6 +322,22 @@ def status(
         key_prefix=key_prefix,
     )
     return show(config, as_json, timeout)
+
+
+def refuse_own_lock(config: Config) -> None:
+    """A coordinator started as the child of one holding the same lock would wait for
+    its own parent forever (the child inherits COORDINATOR_NAME and the backend)."""
+    env = os.environ
+    if (
+        env.get("COORDINATOR_FENCING_TOKEN")
+        and env.get("COORDINATOR_NAME") == config.name
+        and env.get("COORDINATOR_BACKEND", config.backend) == config.backend
+        and env.get("COORDINATOR_KEY_PREFIX", config.key_prefix) == config.key_prefix
+    ):
+        raise ConfigError(
+            f"this runs as the child of a coordinator that holds {config.name!r}, and would "
+            "wait for its own parent forever: give it another --name"
+        )
 
 
 def wants_json(args: list[str]) -> bool:

@@ -516,3 +516,12 @@ def test_redis_errors_waiting_fixes_are_retried() -> None:
         assert type(translate(error, "x")).__name__ == "ConfigError", error
     error = redis.exceptions.ResponseError("unknown command 'EVALSHA'")
     assert type(translate(error, "x")).__name__ == "BackendRejected"
+
+
+def test_a_nested_coordinator_on_its_parents_lock_is_refused(tmp_path: Path) -> None:
+    """The child inherits COORDINATOR_NAME: the same line nested would wait forever."""
+    inner = f"{sys.executable} -m coordinator --url {tmp_path} -- true; echo inner=$?"
+    result = run_cli("--url", str(tmp_path), "--name", "outer", "--", "sh", "-c", inner, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "inner=2" in result.stdout, result.stdout + result.stderr
+    assert "would wait for its own parent forever" in result.stderr
