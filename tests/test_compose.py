@@ -31,9 +31,28 @@ def test_images_are_pinned_to_a_release() -> None:
         # A full release: major.minor.patch (PostgreSQL's releases have two numbers).
         release = r"\d+\.\d+" if image.startswith("postgres:") else r"\d+\.\d+\.\d+"
         assert re.fullmatch(rf"[\w./-]+:{release}(-[\w.]+)?", image), f"{name}: {image}"
+    # One Dockerfile: the node image (the default, last target) on the official Python
+    # image unless BASE says otherwise; the servers' targets serve compose/local.yml.
     dockerfile = (Path(ROOT) / "compose" / "Dockerfile").read_text()
-    [base] = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    stages = re.findall(r"^FROM \$\{(\w+)\} AS (\w+)$", dockerfile, re.M)
+    assert stages[-1] == ("BASE", "node"), stages
+    [base] = re.findall(r"^ARG BASE=(\S+)$", dockerfile, re.M)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-[\w.-]+", base), base
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) == len(stages)
+    for name, service in services().items():
+        if "build" in service:
+            assert service["build"]["target"] == "node", name
+
+
+def test_the_local_override_builds_every_image_from_the_one_dockerfile() -> None:
+    local = yaml.safe_load((Path(ROOT) / "compose" / "local.yml").read_text())["services"]
+    assert set(local) == set(services())  # every service runs a local image here
+    dockerfile = (Path(ROOT) / "compose" / "Dockerfile").read_text()
+    targets = {target for _, target in re.findall(r"^FROM \$\{(\w+)\} AS (\w+)$", dockerfile, re.M)}
+    for name, service in local.items():
+        assert service["image"].startswith("localhost/coordinator-"), name
+        target = service.get("build", {}).get("target") or service["image"].split("-")[1][:-4]
+        assert target in targets, name
 
 
 def test_every_service_that_others_wait_for_has_a_health_check() -> None:
