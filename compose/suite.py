@@ -65,6 +65,12 @@ class Compose:
         files = [arg for path in self.files for arg in ("-f", path)]
         return run("podman-compose", "-p", PROJECT, *files, *args, timeout=timeout).stdout
 
+    def stream(self, *args: str, timeout: float = 1800) -> int:
+        """Runs with the output on this terminal; returns the exit code."""
+        files = [arg for path in self.files for arg in ("-f", path)]
+        command = ["podman-compose", "-p", PROJECT, *files, *args]
+        return subprocess.run(command, timeout=timeout, check=False).returncode
+
     def probe_file(self, backends: list[str]) -> str:
         """Three more nodes per backend like the demo's, whose child is the probe."""
         demo = yaml.safe_load((Path(ROOT) / "compose" / "docker-compose.yml").read_text())
@@ -181,8 +187,14 @@ class Probes:
         return runs[0] if len(runs) == 1 else None
 
     def running_in(self, node: str) -> bool:
-        events = [r.event for r in read_records(self.shared / f"{node}.log")]
-        return events.count("start") > events.count("stop")
+        """Whether the node's last probe still lives (a probe killed with SIGKILL, as a
+        PostgreSQL holder's child is on a lost lock, leaves no stop record)."""
+        starts = [r for r in read_records(self.shared / f"{node}.log") if r.event == "start"]
+        if not starts:
+            return False
+        probe = f"/proc/{starts[-1].pid}"  # its pid in the node's own pid namespace
+        alive = run("podman", "exec", container(node), "test", "-d", probe, check=False)
+        return alive.returncode == 0
 
     def starts_after(self, at: float) -> list[Record]:
         return [r for r in self.records() if r.event == "start" and r.at > at]
@@ -248,6 +260,10 @@ class Probes:
             run("podman", "network", "connect", NETWORK, container(holder), check=False)
             run("podman", "unpause", server, check=False)
         outcome.problems = (outcome.problems or []) + self.problems()
+        if outcome.problems:
+            for node in self.nodes:
+                out = run("podman", "logs", "--tail", "15", container(node), check=False)
+                print(f"--- {node}\n{out.stdout}{out.stderr}", end="", flush=True)
         took = f"{outcome.takeover:.2f} s" if outcome.takeover is not None else "none"
         print(
             f"{self.backend:8} {fault:15} holder {holder}: takeover {took}, "
@@ -292,6 +308,15 @@ def main() -> int:
             demo(backend)
         outcomes = [Probes(b, shared).fault(f) for b in fault_backends for f in faults]
         ok = not any(o.problems for o in outcomes)
+        if not args.no_test_profile:
+            # The suite in the `tests` container, against the compose servers.
+            pytest = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            if args.quick:
+                pytest += ["tests/test_backend_contract.py", "tests/test_status.py"]
+            print("the test profile: " + " ".join(pytest), flush=True)
+            code = compose.stream("--profile", "test", "run", "--rm", "tests", *pytest)
+            print(f"the test profile exited {code}", flush=True)
+            ok = ok and code == 0
     finally:
         if not args.keep:
             compose("down", "-v", "-t", "1")
