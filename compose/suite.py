@@ -101,6 +101,12 @@ def healthy(service: str) -> bool:
     return run("podman", "healthcheck", "run", container(service), check=False).returncode == 0
 
 
+def wait_healthy(services: list[str]) -> None:
+    """podman before 4.6 does not wait for service_healthy: the suite does."""
+    for service in services:
+        wait_for(f"{service} healthy", lambda: healthy(service), 90, every=1)  # noqa: B023
+
+
 def running(service: str) -> bool:
     result = run("podman", "inspect", "-f", "{{.State.Status}}", container(service), check=False)
     return result.stdout.strip() == "running"
@@ -298,8 +304,7 @@ def main() -> int:
     try:
         started = time.monotonic()
         compose("up", "-d", *backends)
-        for server in backends:
-            wait_for(f"{server} healthy", lambda s=server: healthy(s), 90, every=1)
+        wait_healthy(backends)
         services = [f"{b}-node{i}" for b in backends for i in NODES]
         services += [f"{b}-probe{i}" for b in fault_backends for i in NODES]
         compose("up", "-d", *services)
@@ -317,8 +322,7 @@ def main() -> int:
             servers = [s for s in TTL if s not in backends]
             if servers:  # the suite uses all three
                 compose("up", "-d", *servers)
-            for server in TTL:
-                wait_for(f"{server} healthy", lambda s=server: healthy(s), 90, every=1)
+            wait_healthy(list(TTL))
             run_tests = ["--profile", "test", "run", "--rm", "-T", "--no-deps", "tests"]
             code = compose.stream(*run_tests, *pytest)
             print(f"the test profile exited {code}", flush=True)
