@@ -14,6 +14,7 @@ one child runs. Prints each takeover time and exits 1 on any problem.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -330,6 +331,8 @@ def main() -> int:
     finally:
         if not args.keep:
             compose("down", "-v", "-t", "1")
+    if ok and not args.keep:
+        shutil.rmtree(shared)  # kept on a failure: the probes' logs
     print("compose suite: " + ("passed" if ok else "FAILED"), flush=True)
     return 0 if ok else 1
 

@@ -4,10 +4,13 @@ valid settings, and hands the suite the same variables the suite reads."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from coordinator.config import Config
@@ -100,3 +103,24 @@ def test_the_test_service_uses_the_variables_the_suite_reads() -> None:
     }
     assert set(tests["environment"]) == read
     assert set(tests["depends_on"]) == {"redis", "postgres", "consul"}
+
+
+def test_the_compose_suite_tells_probes_of_different_containers_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each container has its own pids: the same pid in two nodes' logs is two probes,
+    and one that took the flock before the other stopped is reported."""
+    spec = importlib.util.spec_from_file_location("suite", Path(ROOT) / "compose" / "suite.py")
+    assert spec is not None and spec.loader is not None
+    suite = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "suite", suite)  # dataclasses look their module up
+    spec.loader.exec_module(suite)
+    monkeypatch.setattr(suite, "running", lambda service: True)
+    (tmp_path / "redis-probe1.log").write_text("start 10 6 5 100.0\nstop 10 6 5 103.0\n")
+    (tmp_path / "redis-probe2.log").write_text("start 10 6 6 104.0\n")
+    probes = suite.Probes("redis", tmp_path)
+    assert len({r.pid for r in probes.records()}) == 2
+    assert probes.problems() == []
+    (tmp_path / "redis-probe2.log").write_text("start 10 6 6 102.0\n")
+    [problem] = probes.problems()
+    assert "took the flock before" in problem
