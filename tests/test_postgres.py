@@ -298,3 +298,24 @@ def test_every_session_of_the_holder_ended_at_once_gives_no_overlap(
     # The holder stopped its child at once (no grace: the lock was already free).
     stops = cluster.records("stop")
     assert not stops, f"the old child was given a graceful stop: {stops}"
+
+
+def test_a_sql_ascii_database_works(server: PostgresServer) -> None:
+    """Text comes back as bytes from a SQL_ASCII database (psycopg cannot decode it)."""
+    server.sql(
+        "CREATE DATABASE ascii_db ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+        f" TEMPLATE template0 OWNER {server.USER}"
+    )
+    url = server.url.rsplit("/", 1)[0] + "/ascii_db"
+    first, second = (Store("postgres", url, "t/").backend("x") for _ in range(2))
+    try:
+        lease = first.acquire("x", HolderInfo(node_id="first"))
+        assert lease is not None
+        assert second.acquire("x", HolderInfo(node_id="second")) is None
+        holder = second.holder("x")
+        assert holder is not None and holder.node_id == "first", holder
+        first.release(lease)
+        assert wait_until(lambda: second.acquire("x", HolderInfo(node_id="second")), 5) >= 0
+    finally:
+        first.close()
+        second.close()

@@ -517,7 +517,9 @@ class PostgresBackend(Backend):
         row = self._run("_lock_conn", LOCKED_BY, key_parts(key))
         if row is None:
             return None
-        pid, app, host, started = row
+        pid, app, host, started = (
+            value.decode(errors="replace") if isinstance(value, bytes) else value for value in row
+        )  # a SQL_ASCII database gives text as bytes
         parts = (app or "").split(" ", 2)
         token = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
         node = parts[2] if token is not None else f"backend pid {pid}"
