@@ -517,9 +517,9 @@ class PostgresBackend(Backend):
         row = self._run("_lock_conn", LOCKED_BY, key_parts(key))
         if row is None:
             return None
-        pid, app, host, started = (
-            value.decode(errors="replace") if isinstance(value, bytes) else value for value in row
-        )  # a SQL_ASCII database gives text as bytes
+        pid, app, host, started = row
+        # A SQL_ASCII database gives text as bytes.
+        app, host = (v.decode(errors="replace") if isinstance(v, bytes) else v for v in (app, host))
         parts = (app or "").split(" ", 2)
         token = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
         node = parts[2] if token is not None else f"backend pid {pid}"
