@@ -284,7 +284,7 @@ class Supervisor:
             extra={"event": "acquired"},
         )
         self.observer.acquired(lease.fencing_token)
-        if lease.state_reset and cfg.effective_safety_delay > 0:
+        if lease.state_reset and cfg.effective_safety_delay > lease.hold_off:
             start_at += cfg.effective_safety_delay
             self._enter(
                 State.DELAYING,
@@ -463,6 +463,7 @@ class Supervisor:
             )
             child.signal_group(signal.SIGTERM)
             child.signal_group(signal.SIGCONT)  # a stopped member handles TERM only once resumed
+        watch_quiet_until = 0.0
         while (code := child.poll()) is None:
             for signum in self.events.take():
                 if signum in STOPPING and not killed:
@@ -473,10 +474,31 @@ class Supervisor:
                 log.warning("child did not exit within %gs of SIGTERM: sending SIGKILL", cfg.grace)
                 child.signal_group(signal.SIGKILL)
                 killed = True
-            self.events.sleep(0.05 if killed else kill_at - now)
+            # The lock can go during the grace too (postgres: every session ended):
+            # then a newcomer may start after its short hold-off, not after our grace.
+            watch = self.backend.watch_fd() if not killed and now >= watch_quiet_until else None
+            if self.events.sleep(0.05 if killed else kill_at - now, watch):
+                watch_quiet_until = time.monotonic() + 0.2
+                if self._lost_at_once(lease):
+                    log.warning(
+                        "the lease was lost while the child was stopping: SIGKILL to its group"
+                    )
+                    child.signal_group(signal.SIGKILL)
+                    killed = True
         self._reaped()
         log.info("child stopped with code %d", code)
         return code
+
+    def _lost_at_once(self, lease: Lease) -> bool:
+        """The backend connection woke us while the child is stopping: is the lease
+        gone in a way that lets a newcomer start before our grace ends?"""
+        try:
+            self.caller.call(self.backend.renew, lease, timeout=self._call_timeout())
+        except LeaseLost as exc:
+            return exc.stop_now
+        except (BackendUnavailable, BackendRejected):
+            pass
+        return False
 
     def _stop_child_if_running(self) -> None:
         """Last resort on an unexpected error: the child must not outlive us."""

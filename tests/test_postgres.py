@@ -319,3 +319,20 @@ def test_a_sql_ascii_database_works(server: PostgresServer) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_sessions_ended_while_the_child_is_stopping_give_no_overlap(
+    cluster: Cluster, server: PostgresServer
+) -> None:
+    """A graceful stop is under way (SIGTERM, a child that takes 2.5 s) when every
+    session of the holder ends: the standby holds off only 0.5 s, so the rest of the
+    grace must not be given."""
+    for _ in range(2):
+        cluster.start(ttl=10.0, grace=3.0, probe_flags=("--slow-stop=2.5",))
+    cluster.wait_starts(1, timeout=15)
+    holder = cluster.holder()
+    holder.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # the child is in its slow stop now
+    assert terminate_all_sessions_of(server, holder.pid) == 2
+    cluster.wait_starts(2, timeout=15)
+    cluster.check()

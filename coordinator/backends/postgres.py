@@ -454,7 +454,7 @@ class PostgresBackend(Backend):
     def renew(self, lease: Lease) -> Lease:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
-            raise LeaseLost("this lease was released or its connection was lost")
+            raise LeaseLost("this lease was released or its connection was lost", stop_now=True)
         sent = time.monotonic()
         # Every loss below may have freed the beacon too (all of our sessions ended at
         # once): a newcomer then waits only HOLD_OFF, so the child must die at once.
