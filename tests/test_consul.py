@@ -125,7 +125,8 @@ def test_a_key_name_consul_refuses_exits_at_once_with_2(consul_url: str, key: st
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 2, out
     assert time.monotonic() - started < 10
-    assert out.startswith("coordinator: error: consul key") and out.count("\n") == 1, out
+    refused = ("coordinator: error: consul key", "coordinator: error: --name must not")
+    assert out.startswith(refused) and out.count("\n") == 1, out
     assert "will keep trying" not in out
 
 
@@ -271,22 +272,32 @@ def test_fencing_tokens_increase_after_consul_lost_its_data(
 
 
 def test_the_session_is_tied_to_the_holders_own_check(consul_url: str) -> None:
+    """The session names the holder's own check, which belongs to a service of its
+    own: once it is critical, the node and its other services stay healthy."""
+    web = json.dumps({"ID": f"web-{uuid.uuid4().hex[:6]}", "Name": "web"}).encode()
+    urllib.request.urlopen(
+        urllib.request.Request(f"{consul_url}/v1/agent/service/register", data=web, method="PUT"),
+        timeout=5,
+    ).close()
     store = Store("consul", consul_url, f"test-{uuid.uuid4().hex[:8]}/")
     backend = store.backend("t", ttl=TTL, grace=1.0)
     lease = backend.acquire("t", HolderInfo(node_id="a"))
     assert lease is not None
     session = api(consul_url, "GET", f"/v1/session/info/{lease.token}")[0]
     checks = our_checks(consul_url)
-    assert session["NodeChecks"] == [c for c in checks if c in session["NodeChecks"]]
-    assert len(session["NodeChecks"]) == 1 and session["NodeChecks"][0] in checks
-    assert checks[session["NodeChecks"][0]]["Status"] == "passing"
+    assert not session.get("NodeChecks"), session  # not serfHealth by default
+    [tied] = [c["ID"] for c in session["ServiceChecks"]]
+    assert tied in checks and checks[tied]["Status"] == "passing"
+    assert checks[tied]["ServiceID"], checks[tied]  # a service check, not a node check
     assert session["LockDelay"] < 5e9  # ns: call timeout + grace + margin, not the ttl
     # No renewal: the agent invalidates the session a ttl after the last pass.
     started = time.monotonic()
     wait_until(lambda: store.backend("t").holder("t") is None, timeout=TTL + 3)
     assert TTL - 1 < time.monotonic() - started < TTL + 2.5
+    assert our_checks(consul_url)[tied]["Status"] == "critical"
+    assert api(consul_url, "GET", "/v1/health/service/web?passing"), "the node went unhealthy"
     backend.close()
-    assert session["NodeChecks"][0] not in our_checks(consul_url)
+    assert tied not in our_checks(consul_url)
 
 
 def test_kill_9_takeover_within_ttl_plus_lock_delay_and_no_leaks(

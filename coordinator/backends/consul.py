@@ -232,7 +232,8 @@ class ConsulBackend(Backend):
         if reply.code in (401, 403) or (reply.code == 409 and "Permission denied" in text):
             raise BackendRejected(
                 f"consul at {self.where} refused the ACL token (missing, wrong, or without "
-                f"key, session and node write for {self.prefix}): {reply.code} {text}"
+                f"key write on {self.prefix}, session write, service write on coordinator): "
+                f"{reply.code} {text}"
             )
         if reply.code == 400 or "invalid key name" in text:
             raise ConfigError(f"consul at {self.where} refused the request: {text}")
@@ -272,7 +273,15 @@ class ConsulBackend(Backend):
             checks = reply.json() if reply.code == 200 else {}
             for check_id, check in (checks or {}).items():
                 if check_id.startswith("coordinator-") and check.get("Status") == "critical":
-                    self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+                    self._unregister(check_id, str(check.get("ServiceID") or ""))
+
+    def _unregister(self, check_id: str, service_id: str) -> None:
+        """Remove a check: with its service (the service goes with its checks), or alone
+        (checks of earlier versions were node checks)."""
+        if service_id:
+            self._http("PUT", f"/v1/agent/service/deregister/{service_id}")
+        else:
+            self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
 
     def _register_check(self, name: str) -> str:
         check_id = self.check_id(name)
@@ -283,25 +292,34 @@ class ConsulBackend(Backend):
             if self._http("PUT", f"/v1/agent/check/pass/{check_id}").code == 200:
                 self._passed[check_id] = sent
                 return check_id
-        check = {
+        # The check belongs to a service of its own: a node check left critical (by a
+        # standby that stopped passing it, or a killed supervisor) would take every
+        # service of the node out of `?passing` health queries and DNS.
+        service = {
             "ID": check_id,
-            "Name": one_line(f"coordinator {self.node} {self.key(name)}", 200),
-            "Notes": "held by a coordinator supervisor; it passes this at each renewal",
-            "TTL": f"{int(self.ttl * 1000)}ms",
-            "Status": "passing",
+            "Name": "coordinator",
+            "Meta": {"lock": one_line(self.key(name), 500), "node_id": one_line(self.node, 500)},
+            "Check": {
+                "CheckID": check_id,
+                "Name": one_line(f"coordinator {self.node} {self.key(name)}", 200),
+                "Notes": "held by a coordinator supervisor; it passes this at each renewal",
+                "TTL": f"{int(self.ttl * 1000)}ms",
+                "Status": "passing",
+            },
         }
         sent = time.monotonic()
-        self._http("PUT", "/v1/agent/check/register", body=json.dumps(check))
+        self._http("PUT", "/v1/agent/service/register", body=json.dumps(service))
         self._checks.add(check_id)
         self._passed[check_id] = sent
         return check_id
 
     def _create_session(self, name: str) -> str:
         check_id = self._register_check(name)
-        checks = [check_id, "serfHealth"] if self.node_check else [check_id]
         spec = {
             "Name": one_line(f"coordinator {self.node}", 128),
-            "NodeChecks": checks,
+            # An empty list, not none: Consul's default is serfHealth.
+            "NodeChecks": ["serfHealth"] if self.node_check else [],
+            "ServiceChecks": [{"ID": check_id}],
             "LockDelay": f"{int(self.lock_delay * 1000)}ms",
             "Behavior": "release",
             "TTL": f"{int(self.backstop)}s",
@@ -334,7 +352,7 @@ class ConsulBackend(Backend):
         check_id = self.check_id(name)
         if check_id in self._checks:
             with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
-                self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+                self._unregister(check_id, check_id)
                 self._checks.discard(check_id)
 
     # -- the contract -----------------------------------------------------------------
@@ -487,7 +505,11 @@ class ConsulBackend(Backend):
             raise LeaseLost("the consul agent no longer has our check")
         self._passed[check_id] = sent
         watching = self._check_watch(lease)
-        if time.monotonic() - self._renewed.get(lease.token, 0.0) > self.backstop / 3:
+        # With serfHealth in the session, the servers can invalidate it while our agent,
+        # cut off from them, still takes our check passes: renew the session (the
+        # servers answer) every time, so a renewal only counts with the servers' word.
+        due = time.monotonic() - self._renewed.get(lease.token, 0.0) > self.backstop / 3
+        if self.node_check or due:
             reply = self._http_renewal("PUT", f"/v1/session/renew/{lease.token}")
             if reply.code == 404:
                 raise LeaseLost("consul invalidated our session")
@@ -557,7 +579,7 @@ class ConsulBackend(Backend):
         self._spare.clear()
         for check_id in list(self._checks):
             with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
-                self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
+                self._unregister(check_id, check_id)
         self._checks.clear()
         self.client.http.session.close()
 
