@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import consul
 import requests
@@ -593,9 +593,9 @@ def key_problem(key: str) -> str:
         return "leading or trailing spaces are not allowed"
     if any(part in ("", ".", "..") for part in key.split("/")):
         return "empty, '.' and '..' path segments are not allowed (no '//', no '/' at either end)"
-    decoded = unquote(key)
-    if decoded != key and (".." in decoded or " " in decoded):
-        return "percent-escapes of '.' or ' ' are not allowed"
+    if "%" in key:
+        # The HTTP API decodes percent-escapes (%2F is a '/'), transactions do not.
+        return "'%' is not allowed (the HTTP API would read a different key)"
     return ""
 
 
