@@ -101,7 +101,7 @@ def run_backend(
         for fault in order:
             results[fault].append(one_round(bench, fault, rng))
         summaries = [Summary.of(f, results[f]) for f in chosen]
-        history = history_problems(bench.events())
+        history = history_problems(bench.events(), bench.data_lost_at)
         if history:
             summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
         if any(verdict(s) != "ok" for s in summaries):

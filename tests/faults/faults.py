@@ -88,6 +88,10 @@ def server_restart(
     assert bench.server is not None
     since = time.monotonic()
     bench.server.restart()
+    if bench.kind == "consul":
+        # The dev agent forgets everything, its Raft index included: the one case where
+        # Consul's tokens may go back (docs/safety.md, the token table).
+        bench.data_lost_at.append(time.monotonic())
     _takeover(bench, known, since, r)
 
 

@@ -82,6 +82,7 @@ class Bench:
         self.flock = tmp / "probe.flock"
         self.ignore_term = tmp / "ignore-term"
         self.slow_stop = tmp / "slow-stop"
+        self.data_lost_at: list[float] = []  # when the store lost all of its data
         self.nodes = [self._node(i) for i in range(nodes)]
 
     @property
