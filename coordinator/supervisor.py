@@ -284,12 +284,14 @@ class Supervisor:
             extra={"event": "acquired"},
         )
         self.observer.acquired(lease.fencing_token)
-        if lease.state_reset and cfg.effective_safety_delay > lease.hold_off:
-            start_at += cfg.effective_safety_delay
+        if lease.state_reset and cfg.effective_safety_delay > 0:
+            # Never shorter than the backend's own hold-off.
+            delay = max(cfg.effective_safety_delay, lease.hold_off)
+            start_at += delay
             self._enter(
                 State.DELAYING,
                 f"{lease.state_reset}, so an earlier holder could still be running: waiting "
-                f"the safety delay of {cfg.effective_safety_delay:g}s before starting the child",
+                f"the safety delay of {delay:g}s before starting the child",
             )
         elif lease.hold_off > 0:
             start_at += lease.hold_off
