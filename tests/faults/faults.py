@@ -8,11 +8,12 @@ one (the flock tells), and any process of an earlier child still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tests.cluster import Record
 from tests.faults.check import Round, overlap
@@ -95,10 +96,15 @@ def server_restart(
     _takeover(bench, known, since, r)
 
 
-def _slow_stop(bench: Bench) -> None:
-    """From now on the probe takes 0.7 s to stop on SIGTERM: a holder that stops its
+@contextlib.contextmanager
+def slow_stop(bench: Bench, seconds: float) -> Iterator[None]:
+    """Meanwhile the probe takes `seconds` to stop on SIGTERM: a holder that stops its
     child gracefully after its lock went would overlap the next one."""
-    bench.slow_stop.write_text("0.7")
+    bench.slow_stop.write_text(f"{seconds:.3f}")
+    try:
+        yield
+    finally:
+        bench.slow_stop.unlink()
 
 
 def sessions_ended(
@@ -106,15 +112,12 @@ def sessions_ended(
 ) -> None:
     """PostgreSQL: pg_terminate_backend on every session of the holder at once (the
     lock's and the beacon's), as an operator would, with a child slow to stop."""
-    _slow_stop(bench)
-    try:
+    with slow_stop(bench, 0.7):
         since = time.monotonic()
         ended = bench.store.end_sessions(f"node{node.index}")
         if ended < 2:
             r.problems.append(f"ended {ended} sessions of node{node.index}, expected 2 or more")
         _takeover(bench, known, since, r)
-    finally:
-        bench.slow_stop.unlink()
 
 
 def connections_reset(
@@ -123,13 +126,10 @@ def connections_reset(
     """PostgreSQL: the holder's proxy resets all of its connections (a pooler or proxy
     restart), so every session of the holder ends at once; child slow to stop."""
     assert node.proxy is not None
-    _slow_stop(bench)
-    try:
+    with slow_stop(bench, 0.7):
         since = time.monotonic()
         node.proxy.reset()
         _takeover(bench, known, since, r)
-    finally:
-        bench.slow_stop.unlink()
 
 
 def lock_removed(
@@ -146,11 +146,8 @@ def session_destroyed_slow_stop(
 ) -> None:
     """Consul: the holder's session destroyed out of band while its child takes most of
     the grace to stop. The holder's watch sees it at once; the lock-delay covers the stop."""
-    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
-    try:
+    with slow_stop(bench, bench.grace * 0.8):
         lock_removed(bench, node, child, known, r, rng)
-    finally:
-        bench.slow_stop.unlink()
 
 
 def agent_restart(
@@ -159,11 +156,8 @@ def agent_restart(
     """Consul: the holder's agent restarts (a dev agent, so with everything it knew),
     while the holder's child takes most of the grace to stop."""
     assert bench.server is not None
-    bench.slow_stop.write_text(f"{bench.grace * 0.8:.3f}")
-    try:
+    with slow_stop(bench, bench.grace * 0.8):
         server_restart(bench, node, child, known, r, rng)
-    finally:
-        bench.slow_stop.unlink()
 
 
 def _pause(
