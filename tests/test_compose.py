@@ -5,7 +5,9 @@ valid settings, and hands the suite the same variables the suite reads."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,19 @@ def test_images_are_pinned_to_a_release() -> None:
         # A full release: major.minor.patch (PostgreSQL's releases have two numbers).
         release = r"\d+\.\d+" if image.startswith("postgres:") else r"\d+\.\d+\.\d+"
         assert re.fullmatch(rf"[\w./-]+:{release}(-[\w.]+)?", image), f"{name}: {image}"
-    # One Dockerfile: the node image (the default, last target) on the official Python
-    # image unless BASE says otherwise; the servers' targets serve compose/local.yml.
+    # One Dockerfile on one base argument: BASE (the official Python image unless told
+    # otherwise) under a shared `system` stage, every target on that; the node image is
+    # the default, last target; the servers' targets serve compose/local.yml.
     dockerfile = (Path(ROOT) / "compose" / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM \$\{(\w+)\} AS (\w+)$", dockerfile, re.M)
-    assert stages[-1] == ("BASE", "node"), stages
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M)
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) == len(stages)
+    assert stages[0] == ("${BASE}", "system"), stages
+    assert {parent for parent, _ in stages[1:]} == {"system"}, stages
+    assert stages[-1][1] == "node", stages
+    global_args = re.findall(r"^ARG (\w+)", dockerfile.split("\nFROM ")[0], re.M)
+    assert global_args == ["BASE"], global_args
     [base] = re.findall(r"^ARG BASE=(\S+)$", dockerfile, re.M)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-[\w.-]+", base), base
-    assert len(re.findall(r"^FROM ", dockerfile, re.M)) == len(stages)
     for name, service in services().items():
         if "build" in service:
             assert service["build"]["target"] == "node", name
@@ -51,7 +58,7 @@ def test_the_local_override_builds_every_image_from_the_one_dockerfile() -> None
     local = yaml.safe_load((Path(ROOT) / "compose" / "local.yml").read_text())["services"]
     assert set(local) == set(services())  # every service runs a local image here
     dockerfile = (Path(ROOT) / "compose" / "Dockerfile").read_text()
-    targets = {target for _, target in re.findall(r"^FROM \$\{(\w+)\} AS (\w+)$", dockerfile, re.M)}
+    targets = {target for _, target in re.findall(r"^FROM (\S+) AS (\w+)$", dockerfile, re.M)}
     for name, service in local.items():
         assert service["image"].startswith("localhost/coordinator-"), name
         target = service.get("build", {}).get("target") or service["image"].split("-")[1][:-4]
@@ -126,3 +133,47 @@ def test_the_compose_suite_tells_probes_of_different_containers_apart(
     (tmp_path / "redis-probe2.log").write_text("start 10 6 6 102.0\n")
     [problem] = probes.problems()
     assert "took the flock before" in problem
+
+
+def test_the_test_profile_names_what_it_leaves_out_and_fails_any_other_skip(
+    tmp_path: Path,
+) -> None:
+    """compose/profile.py: a listed test is deselected and counted; a skip elsewhere
+    fails the run; every listed name is a test that exists."""
+    spec = importlib.util.spec_from_file_location("profile", Path(ROOT) / "compose" / "profile.py")
+    assert spec is not None and spec.loader is not None
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    for prefix in profile.OWN_SERVERS:
+        path, _, name = prefix.partition("::")
+        source = (Path(ROOT) / path).read_text()
+        assert not name or f"def {name}(" in source, prefix
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_redis_faults.py").write_text("def test_listed():\n    pass\n")
+    (tmp_path / "tests" / "test_other.py").write_text(
+        "import pytest\n\ndef test_skips():\n    pytest.skip('no server')\n\n"
+        "def test_runs():\n    pass\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "compose.profile", "-p", "no:cacheprovider"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "1 failed, 1 passed, 1 deselected" in result.stdout, result.stdout
+    assert "skipped in the compose profile: no server" in result.stdout, result.stdout
+    assert "1 pauses and restarts a redis-server of its own" in result.stdout, result.stdout
+
+
+def test_the_fault_suites_proxy_listens_on_loopback_for_a_server_in_another_container() -> None:
+    """In the `tests` container the servers have other containers' names: the proxy
+    cannot bind those, so it listens on loopback (it connects only when used)."""
+    from tests.faults.proxy import Proxy
+
+    for host, listens in [("redis", "127.0.0.1"), ("127.0.0.1", "127.0.0.1")]:
+        proxy = Proxy(6379, host)
+        try:
+            assert proxy.listener.getsockname()[0] == listens, host
+            assert proxy.upstream == (host, 6379)
+        finally:
+            proxy.close()

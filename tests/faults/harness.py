@@ -100,6 +100,9 @@ class Bench:
         assert parts.port is not None, self.store.url
         proxy = Proxy(parts.port, parts.hostname or "127.0.0.1")
         netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        if proxy.host != parts.hostname:  # a server elsewhere: the proxy is on loopback
+            userinfo = parts.netloc.rpartition("@")[0]
+            netloc = (userinfo + "@" if userinfo else "") + f"{proxy.host}:{proxy.port}"
         return Node(index, urlunsplit(parts._replace(netloc=netloc)), proxy)
 
     def command(self, node: Node) -> list[str]:

@@ -10,6 +10,7 @@ pooler restart, or a middlebox dropping its state, would.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import select
 import socket
 import struct
@@ -17,10 +18,20 @@ import threading
 import time
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class Proxy:
     def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.upstream = (host, upstream_port)
-        self.listener = socket.create_server((host, 0))
+        # On the server's own address when that is loopback (::1 stays IPv6), else on
+        # 127.0.0.1: a server in another container has an address this one cannot bind.
+        self.host = host if is_loopback(host) else "127.0.0.1"
+        self.listener = socket.create_server((self.host, 0))
         self.port: int = self.listener.getsockname()[1]
         self.stalled = False
         self.peers: dict[socket.socket, socket.socket] = {}
