@@ -360,3 +360,186 @@ def settled(server: S, age: float = 4.0) -> S:
         server.close()
         raise
     return server
+
+
+class ConfiguredRedis(RedisServer):
+    """A redis-server started from a config file of its own, without persistence:
+    Sentinel rewrites the file on a failover (replicaof), so a restart keeps the role
+    Sentinel gave it, as a managed server would."""
+
+    def __init__(self, directory: Path, replica_of: int | None = None) -> None:
+        self.replica_of = replica_of
+        self.conf: Path | None = None
+        super().__init__(directory)
+
+    def start(self) -> None:
+        if self.conf is None:
+            home = self.directory / f"redis-{self.port}"
+            home.mkdir(parents=True, exist_ok=True)
+            self.conf = home / "redis.conf"
+            lines = [
+                f"port {self.port}",
+                "bind 127.0.0.1",
+                'save ""',
+                "appendonly no",
+                f"dir {home}",
+            ]
+            if self.replica_of is not None:
+                lines.append(f"replicaof 127.0.0.1 {self.replica_of}")
+            self.conf.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.started_at = time.monotonic()
+        wait_for_port(self.port)
+
+    def role(self) -> str:
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=2) as client:
+            return str(client.info("replication")["role"])
+
+
+class SentinelServer(ServerProcess):
+    """One redis-server --sentinel watching `primary` under the name `service`."""
+
+    def __init__(
+        self, directory: Path, primary: int, service: str, down_after_ms: int = 1000
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server")
+        self.binary = str(binary)
+        self.port = free_port()
+        home = directory / f"sentinel-{self.port}"
+        home.mkdir(parents=True)
+        self.conf = home / "sentinel.conf"  # Sentinel keeps its state here: writable
+        self.conf.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    f"dir {home}",
+                    f"sentinel monitor {service} 127.0.0.1 {primary} 2",
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                    f"sentinel failover-timeout {service} 5000",
+                    f"sentinel parallel-syncs {service} 1",
+                ]
+            )
+            + "\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+
+class SentinelGroup:
+    """A primary, its replica and three sentinels on loopback (ports of their own)."""
+
+    SERVICE = "coordinator-test"
+
+    def __init__(self, directory: Path, replicas: int = 1) -> None:
+        self.directory = directory
+        self.sentinels: list[SentinelServer] = []
+        self.primary = ConfiguredRedis(directory)
+        self.servers = [self.primary]
+        try:
+            for _ in range(replicas):
+                self.servers.append(ConfiguredRedis(directory, replica_of=self.primary.port))
+            for _ in range(3):
+                self.sentinels.append(SentinelServer(directory, self.primary.port, self.SERVICE))
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def ask(self, *command: str | int) -> object:
+        """A command to the first sentinel that answers."""
+        import redis
+
+        for sentinel in self.sentinels:
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
+                    return client.execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis.ConnectionError:
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def primary_port(self) -> int | None:
+        """The primary's port as every live sentinel names it, or None while they differ."""
+        import redis
+
+        seen = set()
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
+                    addr = client.sentinel_get_master_addr_by_name(self.SERVICE)
+            except redis.ConnectionError:
+                continue
+            seen.add(int(addr[1]) if addr else None)
+        return seen.pop() if len(seen) == 1 else None
+
+    def server(self, port: int) -> ConfiguredRedis:
+        return next(s for s in self.servers if s.port == port)
+
+    def current_primary(self) -> ConfiguredRedis:
+        port = self.primary_port()
+        assert port is not None, "the sentinels disagree on the primary"
+        return self.server(port)
+
+    def replicas_in_sync(self) -> bool:
+        """Every server up, one primary that Sentinel names, its replicas online, and
+        every sentinel seeing the others and every replica."""
+        import redis
+
+        port = self.primary_port()
+        if port is None or any(s.process is None for s in self.servers):
+            return False
+        try:
+            with redis.Redis(port=port, socket_timeout=2) as client:
+                info = client.info("replication")
+            if info.get("role") != "master":
+                return False
+            online = [
+                v
+                for k, v in info.items()
+                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+            ]
+            if len(online) != len(self.servers) - 1:
+                return False
+            for sentinel in self.sentinels:
+                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
+                    master = client.sentinel_master(self.SERVICE)
+                if int(master["num-other-sentinels"]) != len(self.sentinels) - 1:
+                    return False
+                if int(master["num-slaves"]) != len(self.servers) - 1:
+                    return False
+        except redis.ConnectionError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        start = time.monotonic()
+        while not self.replicas_in_sync():
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"the sentinel group did not settle within {timeout}s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.close()

@@ -22,10 +22,13 @@ from pathlib import Path
 from tests.faults.check import Round, Summary, history_problems
 from tests.faults.faults import FAULTS, applicable, one_round
 from tests.faults.harness import Bench
+from tests.faults.sentinel import FAULTS as SENTINEL_FAULTS
+from tests.faults.sentinel import KIND as SENTINEL
+from tests.faults.sentinel import run_sentinel
 from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
-BACKENDS = ("file", "redis", "postgres", "consul")
+BACKENDS = ("file", "redis", "postgres", "consul", SENTINEL)
 QUICK_ROUNDS, LONG_ROUNDS = 2, 25
 # Backends whose rounds are too long for two in the quick mode (none since Consul's
 # takeover is bound by its ttl).
@@ -89,6 +92,8 @@ def table(title: str, summaries: list[Summary]) -> str:
 def run_backend(
     kind: str, faults: list[str], rounds: int, seed: int, tmp: Path
 ) -> tuple[str, list[Summary]]:
+    if kind == SENTINEL:  # a topology with faults of its own
+        return run_sentinel(faults, rounds, seed, tmp)
     store, server = open_store(kind, tmp)
     bench = Bench(store, server, tmp)
     try:
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--long", action="store_true", help=f"{LONG_ROUNDS} rounds per fault")
     mode.add_argument("--rounds", type=int, help="rounds per fault")
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--faults", default=",".join([*FAULTS, *SENTINEL_FAULTS]))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     long_or_quick = LONG_ROUNDS if args.long else None
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     faults = args.faults.split(",")
-    unknown = [f for f in faults if f not in FAULTS] + [
+    unknown = [f for f in faults if f not in FAULTS and f not in SENTINEL_FAULTS] + [
         b for b in args.backends.split(",") if b not in BACKENDS
     ]
     if unknown:
