@@ -216,6 +216,10 @@ class RedisBackend(Backend):
         except redis.RedisError as exc:
             raise translate(exc, self.where) from exc
 
+    def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that writes state others rely on (the Celery store's)."""
+        return self._call(script, keys=keys, args=args)
+
     def _translate(self, exc: Exception) -> Exception:
         return translate(exc, self.where)
 

@@ -257,6 +257,17 @@ class SentinelBackend(RedisBackend):
             )
         return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl, ready=acked > 0)
 
+    def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Only once a replica has it: a failover must not take it back."""
+        self._primary()
+        _, result, acked = self._run(script, keys, args)
+        if not acked:
+            raise BackendUnavailable(
+                f"no replica acknowledged the write within {self.wait_ms / 1000:g}s (it may "
+                "have reached the primary only)"
+            )
+        return result
+
     def release(self, lease: Lease) -> None:
         self._primary()
         self._bound.pop(lease.token, None)
