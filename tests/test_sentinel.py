@@ -241,12 +241,12 @@ def test_the_celery_store_works_with_a_sentinel_url(ready: SentinelGroup) -> Non
 
 
 def test_the_sentinel_fault_bench_short_round(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    group: SentinelGroup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One round of each fault: the primary killed, and SENTINEL FAILOVER, while a lease
     is held by one of three supervisors: no overlap, and a child runs again."""
     seed = random.randrange(1 << 32)
-    text, summaries = run_sentinel(list(FAULTS), 1, seed, tmp_path)
+    text, summaries = run_sentinel(list(FAULTS), 1, seed, tmp_path, group)
     with capsys.disabled():
         print(f"\n{text}")
     assert [s.fault for s in summaries] == list(FAULTS), text

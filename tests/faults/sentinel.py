@@ -101,11 +101,15 @@ def one_round(bench: SentinelBench, fault: str, rng: random.Random) -> Round:
     return result
 
 
-def run_sentinel(faults: list[str], rounds: int, seed: int, tmp: Path) -> tuple[str, list[Summary]]:
-    """Every fault of this bench named in `faults`, `rounds` times, shuffled."""
+def run_sentinel(
+    faults: list[str], rounds: int, seed: int, tmp: Path, group: SentinelGroup | None = None
+) -> tuple[str, list[Summary]]:
+    """Every fault of this bench named in `faults`, `rounds` times, shuffled, on `group`
+    (else on a group of its own)."""
     from tests.faults.__main__ import table, verdict  # the runner's own formatting
 
-    group = SentinelGroup(tmp)
+    own = group is None
+    group = SentinelGroup(tmp) if group is None else group
     store = Store("redis", group.url, f"faults-{uuid.uuid4().hex[:8]}/")
     bench = SentinelBench(group, store, tmp)
     try:
@@ -130,4 +134,5 @@ def run_sentinel(faults: list[str], rounds: int, seed: int, tmp: Path) -> tuple[
         return table(title, summaries), summaries
     finally:
         bench.close()
-        group.close()
+        if own:
+            group.close()
