@@ -1,5 +1,6 @@
-"""The Sentinel bench: a primary, one replica and three sentinels on loopback, three
-supervisors with a `redis+sentinel://` URL, and two faults while a lease is held:
+"""The Sentinel bench: a primary, one replica (COORDINATOR_FAULT_SENTINEL_REPLICAS for
+more) and three sentinels on loopback, three supervisors with a `redis+sentinel://`
+URL, and two faults while a lease is held:
 
 - `primary-killed`: SIGKILL to the primary; once Sentinel has promoted the replica, a
   service manager brings the old primary back (empty: no persistence), and Sentinel
@@ -14,6 +15,7 @@ replica online, every sentinel agreeing), which is not timed.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -29,6 +31,8 @@ from tests.store import Store
 
 KIND = "redis-sentinel"
 PROMOTION_LIMIT = 30.0  # seconds for Sentinel to promote the replica
+# Replicas of the group the runner starts (the pytest round uses one).
+REPLICAS = int(os.environ.get("COORDINATOR_FAULT_SENTINEL_REPLICAS", "1"))
 
 
 class SentinelBench(Bench):
@@ -109,7 +113,7 @@ def run_sentinel(
     from tests.faults.__main__ import table, verdict  # the runner's own formatting
 
     own = group is None
-    group = SentinelGroup(tmp) if group is None else group
+    group = SentinelGroup(tmp, replicas=REPLICAS) if group is None else group
     store = Store("redis", group.url, f"faults-{uuid.uuid4().hex[:8]}/")
     bench = SentinelBench(group, store, tmp)
     try:
@@ -129,7 +133,8 @@ def run_sentinel(
             print("\n".join(bench.node_log_tail()), file=sys.stderr)
         title = (
             f"{KIND}: ttl {bench.ttl:g}s, grace {bench.grace:g}s, {len(bench.nodes)} "
-            f"supervisors, 1 primary, 1 replica, 3 sentinels, seed {seed}"
+            f"supervisors, 1 primary, {len(group.servers) - 1} replica(s), 3 sentinels, "
+            f"seed {seed}"
         )
         return table(title, summaries), summaries
     finally:
