@@ -139,8 +139,9 @@ class SentinelBackend(RedisBackend):
         for name in ("host", "port", "connection_class", "path"):
             kwargs.pop(name, None)
         kwargs.update(client_options(timeout))
+        # A quarter of a call each: an unreachable sentinel leaves time to ask the next.
         sentinel_kwargs: dict[str, Any] = {
-            k: v for k, v in client_options(timeout).items() if k != "health_check_interval"
+            k: v for k, v in client_options(timeout / 4).items() if k != "health_check_interval"
         }
         sentinel_kwargs.update(spec.sentinel_auth)
         if spec.tls:
@@ -160,9 +161,6 @@ class SentinelBackend(RedisBackend):
         self._primary_seen: Address | None = None
         self._bound: dict[str, Binding] = {}  # by owner token
         return client
-
-    def describe(self, name: str) -> str:
-        return f"key {self._keys(name)[0]} on {self.where}"
 
     def _primary(self) -> Address:
         """Sentinel's primary for the service now. When it changed, the pool has dropped
