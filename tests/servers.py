@@ -15,8 +15,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -362,13 +363,67 @@ def settled(server: S, age: float = 4.0) -> S:
     return server
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """Certificates for a TLS-only server (also presented as its client certificate
+    when it connects to another server: Sentinel, replication)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_lines(self) -> list[str]:
+        return [
+            "port 0",
+            f"tls-cert-file {self.cert}",
+            f"tls-key-file {self.key}",
+            f"tls-ca-cert-file {self.ca}",
+            "tls-replication yes",
+            "tls-auth-clients yes",
+        ]
+
+    def client(self) -> dict[str, object]:
+        """redis-py's options to reach such a server."""
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.cert),
+            "ssl_keyfile": str(self.key),
+        }
+
+    def query(self) -> str:
+        return f"ssl_ca_certs={self.ca}&ssl_certfile={self.cert}&ssl_keyfile={self.key}"
+
+
+@dataclass(frozen=True)
+class Passwords:
+    """requirepass of the data nodes (and masterauth), and of the sentinels."""
+
+    data: str
+    sentinel: str
+
+
+def redis_client(port: int, tls: TlsFiles | None, password: str | None = None) -> Any:
+    import redis
+
+    return redis.Redis(
+        port=port, socket_timeout=2, password=password, **(tls.client() if tls else {})
+    )
+
+
 class ConfiguredRedis(RedisServer):
     """A redis-server started from a config file of its own, without persistence:
     Sentinel rewrites the file on a failover (replicaof), so a restart keeps the role
     Sentinel gave it, as a managed server would."""
 
-    def __init__(self, directory: Path, replica_of: int | None = None) -> None:
-        self.replica_of = replica_of
+    def __init__(
+        self,
+        directory: Path,
+        replica_of: int | None = None,
+        tls: TlsFiles | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.replica_of, self.tls, self.data_password = replica_of, tls, password
         self.conf: Path | None = None
         super().__init__(directory)
 
@@ -378,12 +433,15 @@ class ConfiguredRedis(RedisServer):
             home.mkdir(parents=True, exist_ok=True)
             self.conf = home / "redis.conf"
             lines = [
-                f"port {self.port}",
+                f"tls-port {self.port}" if self.tls else f"port {self.port}",
                 "bind 127.0.0.1",
                 'save ""',
                 "appendonly no",
                 f"dir {home}",
+                *(self.tls.server_lines() if self.tls else []),
             ]
+            if self.data_password:
+                lines += [f"requirepass {self.data_password}", f"masterauth {self.data_password}"]
             if self.replica_of is not None:
                 lines.append(f"replicaof 127.0.0.1 {self.replica_of}")
             self.conf.write_text("\n".join(lines) + "\n")
@@ -394,9 +452,7 @@ class ConfiguredRedis(RedisServer):
         wait_for_port(self.port)
 
     def role(self) -> str:
-        import redis
-
-        with redis.Redis(port=self.port, socket_timeout=2) as client:
+        with redis_client(self.port, self.tls, self.data_password) as client:
             return str(client.info("replication")["role"])
 
 
@@ -404,7 +460,13 @@ class SentinelServer(ServerProcess):
     """One redis-server --sentinel watching `primary` under the name `service`."""
 
     def __init__(
-        self, directory: Path, primary: int, service: str, down_after_ms: int = 1000
+        self,
+        directory: Path,
+        primary: int,
+        service: str,
+        down_after_ms: int = 1000,
+        tls: TlsFiles | None = None,
+        passwords: Passwords | None = None,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -417,13 +479,23 @@ class SentinelServer(ServerProcess):
         self.conf.write_text(
             "\n".join(
                 [
-                    f"port {self.port}",
+                    f"tls-port {self.port}" if tls else f"port {self.port}",
                     "bind 127.0.0.1",
                     f"dir {home}",
+                    *(tls.server_lines() if tls else []),
                     f"sentinel monitor {service} 127.0.0.1 {primary} 2",
                     f"sentinel down-after-milliseconds {service} {down_after_ms}",
                     f"sentinel failover-timeout {service} 5000",
                     f"sentinel parallel-syncs {service} 1",
+                    *(
+                        [
+                            f"requirepass {passwords.sentinel}",
+                            f"sentinel sentinel-pass {passwords.sentinel}",
+                            f"sentinel auth-pass {service} {passwords.data}",
+                        ]
+                        if passwords
+                        else []
+                    ),
                 ]
             )
             + "\n"
@@ -445,16 +517,27 @@ class SentinelGroup:
 
     SERVICE = "coordinator-test"
 
-    def __init__(self, directory: Path, replicas: int = 1) -> None:
-        self.directory = directory
+    def __init__(
+        self,
+        directory: Path,
+        replicas: int = 1,
+        tls: TlsFiles | None = None,
+        passwords: Passwords | None = None,
+    ) -> None:
+        self.directory, self.tls, self.passwords = directory, tls, passwords
+        data = passwords.data if passwords else None
         self.sentinels: list[SentinelServer] = []
-        self.primary = ConfiguredRedis(directory)
+        self.primary = ConfiguredRedis(directory, tls=tls, password=data)
         self.servers = [self.primary]
         try:
             for _ in range(replicas):
-                self.servers.append(ConfiguredRedis(directory, replica_of=self.primary.port))
+                self.servers.append(ConfiguredRedis(directory, self.primary.port, tls, data))
             for _ in range(3):
-                self.sentinels.append(SentinelServer(directory, self.primary.port, self.SERVICE))
+                self.sentinels.append(
+                    SentinelServer(
+                        directory, self.primary.port, self.SERVICE, tls=tls, passwords=passwords
+                    )
+                )
             self.wait_ready()
         except BaseException:
             self.close()
@@ -463,7 +546,22 @@ class SentinelGroup:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        auth = f":{self.passwords.data}@" if self.passwords else ""
+        query = [self.tls.query()] if self.tls else []
+        if self.passwords:
+            query.append(f"sentinel_password={self.passwords.sentinel}")
+        tail = "?" + "&".join(query) if query else ""
+        return f"{scheme}://{auth}{hosts}/{self.SERVICE}/0{tail}"
+
+    def _client(self, port: int) -> Any:
+        """A connection to a sentinel or a data node of the group, TLS and password as
+        it needs."""
+        to_sentinel = any(s.port == port for s in self.sentinels)
+        password = None
+        if self.passwords:
+            password = self.passwords.sentinel if to_sentinel else self.passwords.data
+        return redis_client(port, self.tls, password)
 
     def ask(self, *command: str | int) -> object:
         """A command to the first sentinel that answers."""
@@ -471,8 +569,8 @@ class SentinelGroup:
 
         for sentinel in self.sentinels:
             try:
-                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
-                    return client.execute_command(*command)  # type: ignore[no-untyped-call]
+                with self._client(sentinel.port) as client:
+                    return client.execute_command(*command)
             except redis.ConnectionError:
                 continue
         raise RuntimeError("no sentinel answers")
@@ -486,7 +584,7 @@ class SentinelGroup:
             if sentinel.process is None:
                 continue
             try:
-                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
+                with self._client(sentinel.port) as client:
                     addr = client.sentinel_get_master_addr_by_name(self.SERVICE)
             except redis.ConnectionError:
                 continue
@@ -510,7 +608,7 @@ class SentinelGroup:
         if port is None or any(s.process is None for s in self.servers):
             return False
         try:
-            with redis.Redis(port=port, socket_timeout=2) as client:
+            with self._client(port) as client:
                 info = client.info("replication")
             if info.get("role") != "master":
                 return False
@@ -522,7 +620,7 @@ class SentinelGroup:
             if len(online) != len(self.servers) - 1:
                 return False
             for sentinel in self.sentinels:
-                with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
+                with self._client(sentinel.port) as client:
                     master = client.sentinel_master(self.SERVICE)
                 if int(master["num-other-sentinels"]) != len(self.sentinels) - 1:
                     return False

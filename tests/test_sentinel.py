@@ -19,7 +19,7 @@ from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
 from tests.cluster import run_cli, wait_until
 from tests.faults.__main__ import verdict
 from tests.faults.sentinel import FAULTS, run_sentinel
-from tests.servers import SentinelGroup
+from tests.servers import Passwords, SentinelGroup, TlsFiles
 from tests.store import Store
 
 SECRET = "s3cr3t-pa55"
@@ -251,3 +251,42 @@ def test_the_sentinel_fault_bench_short_round(
         print(f"\n{text}")
     assert [s.fault for s in summaries] == list(FAULTS), text
     assert all(verdict(s) == "ok" for s in summaries), text
+
+
+def test_rediss_sentinel_verifies_certificates(tmp_path: Path) -> None:
+    """TLS to the sentinels and the data nodes (client certificates required by all),
+    each with a password of its own; a CA that signed nothing they present, or a wrong
+    sentinel password, is one line and exit 3, not a retry loop."""
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    made = SentinelGroup(
+        tmp_path,
+        tls=TlsFiles(pki.ca, pki.server_cert, pki.server_key),
+        passwords=Passwords(data=SECRET, sentinel=f"{SECRET}-s"),
+    )
+    try:
+        assert made.url.startswith("rediss+sentinel://")
+        held = backend(made)
+        try:
+            lease = held.acquire("x", HolderInfo(node_id="tls"))
+            assert lease is not None and lease.ready
+            assert held.renew(lease).ready
+            held.release(lease)
+        finally:
+            held.close()
+        wrong = made.url.replace(f"ssl_ca_certs={pki.ca}", f"ssl_ca_certs={pki.other_ca}")
+        result = run_cli("-b", "redis", "--url", wrong, "--", "true")
+        output = result.stdout + result.stderr
+        errors = [line for line in output.splitlines() if line.startswith("coordinator: error:")]
+        assert result.returncode == 3 and len(errors) == 1, output
+        assert "TLS certificate verification failed" in errors[0], output
+        assert SECRET not in output, output
+        wrong = made.url.replace(f"sentinel_password={SECRET}-s", "sentinel_password=nope")
+        result = run_cli("-b", "redis", "--url", wrong, "--", "true")
+        output = result.stdout + result.stderr
+        errors = [line for line in output.splitlines() if line.startswith("coordinator: error:")]
+        assert result.returncode == 3 and len(errors) == 1, output
+        assert "refused us" in errors[0] and SECRET not in output, output
+    finally:
+        made.close()

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.connection import parse_url
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from coordinator.backends.base import HolderInfo, Lease
 from coordinator.backends.redis import (
@@ -41,7 +41,7 @@ from coordinator.backends.redis import (
     client_options,
     option_error,
 )
-from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
+from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 from coordinator.redact import redact_url
 
 log = logging.getLogger("coordinator")
@@ -166,13 +166,33 @@ class SentinelBackend(RedisBackend):
         """Sentinel's primary for the service now. When it changed, the pool has dropped
         its idle connections to the old one; the release channel is subscribed anew."""
         pool = self.client.connection_pool
-        found = self._call(pool.get_master_address)  # type: ignore[attr-defined]
+        try:
+            found = pool.get_master_address()  # type: ignore[attr-defined]
+        except MasterNotFoundError as exc:
+            raise self._no_primary() from exc
+        except redis.RedisError as exc:
+            raise self._translate(exc) from exc
         address = (str(found[0]), int(found[1]))
         if address != self._primary_seen:
             if self._primary_seen is not None:
                 self._drop_pubsub()
             self._primary_seen = address
         return address
+
+    def _no_primary(self) -> Exception:
+        """Why no sentinel named a primary. redis-py keeps only the errors' names, so
+        each sentinel is asked once more: a certificate or a password that one refuses
+        stays refused (BackendRejected); anything else may pass."""
+        for node in self.sentinel.sentinels:
+            try:
+                node.ping()
+            except redis.RedisError as exc:
+                if isinstance(reason := self._translate(exc), BackendRejected):
+                    return reason
+        return BackendUnavailable(
+            f"redis at {self.where}: no sentinel names a primary of {self.service!r} that is "
+            "up (the sentinels are unreachable, or the primary is down and not yet replaced)"
+        )
 
     def _replicated(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One round trip: INFO replication, the script, WAIT 1. Returns (info, result,
