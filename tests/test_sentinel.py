@@ -209,6 +209,44 @@ def test_a_lock_no_replica_acknowledged_does_not_count(ready: SentinelGroup) -> 
         newcomer.close()
 
 
+def test_a_primary_restarted_before_sentinel_noticed_ends_the_lease(
+    ready: SentinelGroup,
+) -> None:
+    """Sentinel names the same address, but the server restarted empty (its replica
+    resyncs from it and loses the lock too): the replication id tells, the lease is
+    lost, and the newcomer finds no record of the lock, so it waits the safety delay."""
+    held, newcomer = backend(ready), backend(ready)
+    try:
+        lease = held.acquire("r", HolderInfo(node_id="held"))
+        assert lease is not None and lease.ready
+        primary = ready.current_primary()
+        primary.stop(signal.SIGKILL)
+        primary.start()  # well within down-after-milliseconds: no failover
+        end = time.monotonic() + 10
+        while True:
+            try:
+                held.renew(lease)
+                raise AssertionError("renewed on a primary that restarted empty")
+            except LeaseLost as exc:
+                assert "replication id changed" in str(exc), exc
+                break
+            except BackendUnavailable:  # the old connection, or the primary loading
+                assert time.monotonic() < end
+                time.sleep(0.1)
+        taken = None
+        while taken is None:
+            assert time.monotonic() < end
+            try:
+                taken = newcomer.acquire("r", HolderInfo(node_id="newcomer"))
+            except BackendUnavailable:
+                time.sleep(0.1)
+        assert taken.state_reset, taken
+        newcomer.release(taken)
+    finally:
+        held.close()
+        newcomer.close()
+
+
 def test_the_celery_store_works_with_a_sentinel_url(ready: SentinelGroup) -> None:
     """The schedule's writes go to the primary Sentinel names, and count only once a
     replica has them, like the lock's."""

@@ -194,44 +194,64 @@ class SentinelBackend(RedisBackend):
             "up (the sentinels are unreachable, or the primary is down and not yet replaced)"
         )
 
-    def _replicated(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One round trip: INFO replication, the script, WAIT 1. Returns (info, result,
-        replicas that acknowledged)."""
+    def _replicated(
+        self,
+        script: Any,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        demoted: type[Exception],
+        address: Address | None = None,
+    ) -> tuple[Binding, Any, int]:
+        """One round trip: INFO replication, the script, WAIT 1. Returns the server's
+        binding, the script's result and how many replicas acknowledged. A server that
+        is not a primary raises `demoted`, before any error of the script or of WAIT
+        (both fail on a replica). `address`: Sentinel's answer, if just asked."""
+        address = address or self._primary()
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             pipe.info("replication")
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.execute_command("WAIT", 1, self.wait_ms)  # type: ignore[no-untyped-call]
             try:
-                info, result, acked = pipe.execute()
-                return info, result, int(acked)
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                self.client.script_load(script.script)
+                info, result, acked = pipe.execute(raise_on_error=False)
+            except redis.ConnectionError as exc:
+                if "now a slave" in str(exc):  # redis-py's word for READONLY from a primary
+                    raise demoted(f"the primary {show(address)} was demoted to a replica") from exc
+                raise self._translate(exc) from exc
+            except redis.RedisError as exc:
+                raise self._translate(exc) from exc
+            if isinstance(info, Exception):
+                raise self._translate(info) from info
+            if info.get("role") != "master":
+                raise demoted(
+                    f"the server at {show(address)} is a {info.get('role')}, not the primary"
+                )
+            if isinstance(result, redis.exceptions.NoScriptError) and attempt == 1:
+                self._call(self.client.script_load, script.script)
+                continue
+            for answer in (result, acked):
+                if isinstance(answer, Exception):
+                    raise self._translate(answer) from answer
+            return Binding(address, str(info.get("master_replid", ""))), result, int(acked)
         raise AssertionError("unreachable")
-
-    def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._call(self._replicated, script, keys, args)
 
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         key, state, _ = self._keys(name)
         token = self._new_token()
         sent = time.monotonic()
-        address = self._primary()
-        replication, (won, value, reset, uptime), acked = self._run(
-            self._acquire, [key, state], [token, self.ttl_ms, info.to_json()]
+        binding, (won, value, reset, uptime), acked = self._replicated(
+            self._acquire, [key, state], [token, self.ttl_ms, info.to_json()], BackendUnavailable
         )
         if not won:
             self._refused(name, sent, int(value))
             return None
-        self._bound[token] = Binding(address, str(replication.get("master_replid", "")))
+        self._bound[token] = binding
         if not acked:
             log.warning(
                 "acquired %s on the primary %s, but no replica acknowledged it within %gs: "
                 "the child starts once one does (a failover could lose the lock meanwhile)",
                 key,
-                show(address),
+                show(binding.address),
                 self.wait_ms / 1000,
             )
         return self._lease(name, token, int(value), sent, int(reset), uptime, ready=acked > 0)
@@ -248,23 +268,14 @@ class SentinelBackend(RedisBackend):
                 f"Sentinel now names {show(address)} as the primary of {self.service!r}, not "
                 f"{show(bound.address)} where the lease was taken (a failover)"
             )
-        try:
-            replication, renewed, acked = self._replicated(
-                self._renew, [key, state], [lease.token, self.ttl_ms]
-            )
-        except redis.ConnectionError as exc:
-            if "now a slave" in str(exc) or "now a replica" in str(exc):
-                raise LeaseLost(f"the primary {show(address)} was demoted to a replica") from exc
-            raise self._translate(exc) from exc
-        except redis.RedisError as exc:
-            if str(exc).startswith("READONLY"):
-                raise LeaseLost(f"the primary {show(address)} was demoted to a replica") from exc
-            raise self._translate(exc) from exc
-        role, replid = replication.get("role"), str(replication.get("master_replid", ""))
-        if role != "master" or replid != bound.replid:
+        now, renewed, acked = self._replicated(
+            self._renew, [key, state], [lease.token, self.ttl_ms], LeaseLost, address
+        )
+        if now != bound:
             raise LeaseLost(
-                f"the server at {show(address)} is no longer the primary the lease was taken "
-                f"on (role {role}, replication id changed: {replid != bound.replid})"
+                f"the server at {show(now.address)} is no longer the primary the lease was "
+                f"taken on at {show(bound.address)} (its replication id changed: a failover "
+                "or a restart)"
             )
         if not renewed:
             raise LeaseLost(f"{key} is gone or held by someone else")
@@ -277,8 +288,7 @@ class SentinelBackend(RedisBackend):
 
     def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Only once a replica has it: a failover must not take it back."""
-        self._primary()
-        _, result, acked = self._run(script, keys, args)
+        _, result, acked = self._replicated(script, keys, args, BackendUnavailable)
         if not acked:
             raise BackendUnavailable(
                 f"no replica acknowledged the write within {self.wait_ms / 1000:g}s (it may "
