@@ -101,6 +101,7 @@ def one_round(bench: SentinelBench, fault: str, rng: random.Random) -> Round:
     for pid in known:
         if bench.ours(pid):
             result.orphans += 1
+            os.kill(pid, signal.SIGKILL)  # so that it does not spoil the next rounds
     result.problems += bench.restart_dead()
     return result
 
