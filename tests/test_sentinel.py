@@ -150,6 +150,10 @@ def test_a_failover_ends_the_lease_taken_on_the_old_primary(ready: SentinelGroup
         assert lease is not None and lease.ready
         lease = old.renew(lease)
         assert lease.ready
+        status = run_cli(
+            "status", "-b", "redis", "--url", ready.url, "--key-prefix", "t/", "--name", "x"
+        )
+        assert status.returncode == 0 and "old" in status.stdout, status
         old_primary = ready.current_primary()
         ready.ask("SENTINEL", "FAILOVER", ready.SERVICE)
         started = time.monotonic()
