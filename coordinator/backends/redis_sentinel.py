@@ -35,7 +35,6 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 
 from coordinator.backends.base import HolderInfo, Lease
 from coordinator.backends.redis import (
-    SENTINEL_SCHEMES,
     RedisBackend,
     check_options,
     client_options,
@@ -315,6 +314,3 @@ class SentinelBackend(RedisBackend):
     def close(self) -> None:
         super().close()
         self.sentinel.close()
-
-
-__all__ = ["SENTINEL_SCHEMES", "SentinelBackend", "parse_sentinel_url"]
