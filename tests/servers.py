@@ -9,6 +9,7 @@ that need it are skipped with a reason naming what is missing.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -422,8 +423,12 @@ class ConfiguredRedis(RedisServer):
         replica_of: int | None = None,
         tls: TlsFiles | None = None,
         password: str | None = None,
+        sync_delay: int | None = None,
     ) -> None:
+        """`sync_delay`: repl-diskless-sync-delay, seconds a full sync waits for more
+        replicas (Redis's default: 5)."""
         self.replica_of, self.tls, self.data_password = replica_of, tls, password
+        self.sync_delay = sync_delay
         self.conf: Path | None = None
         super().__init__(directory)
 
@@ -440,6 +445,8 @@ class ConfiguredRedis(RedisServer):
                 f"dir {home}",
                 *(self.tls.server_lines() if self.tls else []),
             ]
+            if self.sync_delay is not None:
+                lines.append(f"repl-diskless-sync-delay {self.sync_delay}")
             if self.data_password:
                 lines += [f"requirepass {self.data_password}", f"masterauth {self.data_password}"]
             if self.replica_of is not None:
@@ -467,12 +474,17 @@ class SentinelServer(ServerProcess):
         down_after_ms: int = 1000,
         tls: TlsFiles | None = None,
         passwords: Passwords | None = None,
+        known: tuple[list[tuple[int, str]], list[int]] = ([], []),
     ) -> None:
+        """`known`: (port, id) of the sentinel itself and its peers, and the replicas'
+        ports, written into its configuration so that it need not wait for the others'
+        hello messages (every 2 s) to know them."""
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server")
         self.binary = str(binary)
-        self.port = free_port()
+        sentinels, replicas = known
+        self.port = sentinels[0][0] if sentinels else free_port()
         home = directory / f"sentinel-{self.port}"
         home.mkdir(parents=True)
         self.conf = home / "sentinel.conf"  # Sentinel keeps its state here: writable
@@ -487,6 +499,12 @@ class SentinelServer(ServerProcess):
                     f"sentinel down-after-milliseconds {service} {down_after_ms}",
                     f"sentinel failover-timeout {service} 5000",
                     f"sentinel parallel-syncs {service} 1",
+                    *([f"sentinel myid {sentinels[0][1]}"] if sentinels else []),
+                    *(
+                        f"sentinel known-sentinel {service} 127.0.0.1 {port} {peer}"
+                        for port, peer in sentinels[1:]
+                    ),
+                    *(f"sentinel known-replica {service} 127.0.0.1 {port}" for port in replicas),
                     *(
                         [
                             f"requirepass {passwords.sentinel}",
@@ -523,19 +541,29 @@ class SentinelGroup:
         replicas: int = 1,
         tls: TlsFiles | None = None,
         passwords: Passwords | None = None,
+        sync_delay: int | None = None,
     ) -> None:
         self.directory, self.tls, self.passwords = directory, tls, passwords
         data = passwords.data if passwords else None
         self.sentinels: list[SentinelServer] = []
-        self.primary = ConfiguredRedis(directory, tls=tls, password=data)
+        self.primary = ConfiguredRedis(directory, None, tls, data, sync_delay)
         self.servers = [self.primary]
         try:
             for _ in range(replicas):
-                self.servers.append(ConfiguredRedis(directory, self.primary.port, tls, data))
-            for _ in range(3):
+                self.servers.append(
+                    ConfiguredRedis(directory, self.primary.port, tls, data, sync_delay)
+                )
+            ids = [(free_port(), secrets.token_hex(20)) for _ in range(3)]
+            replica_ports = [server.port for server in self.servers[1:]]
+            for i in range(3):
                 self.sentinels.append(
                     SentinelServer(
-                        directory, self.primary.port, self.SERVICE, tls=tls, passwords=passwords
+                        directory,
+                        self.primary.port,
+                        self.SERVICE,
+                        tls=tls,
+                        passwords=passwords,
+                        known=([ids[i], *ids[:i], *ids[i + 1 :]], replica_ports),
                     )
                 )
             self.wait_ready()
@@ -608,17 +636,22 @@ class SentinelGroup:
         if port is None or any(s.process is None for s in self.servers):
             return False
         try:
+            replicas = len(self.servers) - 1
             with self._client(port) as client:
                 info = client.info("replication")
-            if info.get("role") != "master":
-                return False
-            online = [
-                v
-                for k, v in info.items()
-                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
-            ]
-            if len(online) != len(self.servers) - 1:
-                return False
+                if info.get("role") != "master":
+                    return False
+                online = [
+                    v
+                    for k, v in info.items()
+                    if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+                ]
+                if len(online) != replicas:
+                    return False
+                # Online is not yet acknowledging writes (a replica loading its copy).
+                client.set("sentinel-group-check", "1")
+                if client.wait(replicas, 200) < replicas:
+                    return False
             for sentinel in self.sentinels:
                 with self._client(sentinel.port) as client:
                     master = client.sentinel_master(self.SERVICE)
