@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,6 +208,12 @@ def test_a_failover_ends_the_lease_taken_on_the_old_primary(ready: SentinelGroup
         )
         assert old_primary.role() == "slave"
         new.release(taken)
+        # A sentinel that still named the old primary, now a replica: its role tells.
+        pool: Any = old.client.connection_pool
+        stale = lambda: ("127.0.0.1", old_primary.port)  # noqa: E731
+        pool.get_master_address = pool.proxy.get_master_address = stale
+        with pytest.raises(LeaseLost, match=r"is a slave, not the primary|demoted to a replica"):
+            old.renew(lease)
     finally:
         old.close()
         new.close()
