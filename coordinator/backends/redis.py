@@ -15,6 +15,9 @@ ago, gets a lease marked state_reset, and the supervisor waits its safety delay
 before starting the child. The fencing token is one more than the last, and never
 less than the server clock in milliseconds, so it keeps increasing across a loss of
 all data or a restore of older data.
+
+Behind Sentinel (redis+sentinel:// URLs), coordinator/backends/redis_sentinel.py adds
+what replication needs.
 """
 
 from __future__ import annotations
@@ -186,7 +189,6 @@ class RedisBackend(Backend):
         self.where = redact_url(url)
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
-        self.timeout = timeout
         self.prefix = prefix
         self.client = self._connect(url, timeout)
         self._acquire = self.client.register_script(ACQUIRE)
