@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -199,7 +198,7 @@ class RedisBackend(Backend):
 
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         key, state, _ = self._keys(name)
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         sent = time.monotonic()
         won, value, reset, uptime = self._call(
             self._acquire, keys=[key, state], args=[token, self.ttl_ms, info.to_json()]
