@@ -233,8 +233,18 @@ class Watchdog:
             self.process = None
 
     def close(self) -> None:
-        """End of file tells the watchdog to leave (killing the child if still armed)."""
-        self._drop()
+        """End of file tells the watchdog to leave (killing the child if still armed).
+        An idle watchdog has nothing to kill: the supervisor does not wait for it to
+        leave (a Python start and exit, tens of milliseconds of every supervisor's exit)."""
+        if self._pgid:
+            self._drop()
+            return
+        import contextlib
+
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.close()
+            self._pipe = None
 
 
 if __name__ == "__main__":
