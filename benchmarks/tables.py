@@ -43,7 +43,7 @@ WHY: dict[str, dict[str, str]] = {
         "BEGIN, set_config of the timeouts, the lock, ROLLBACK, then pg_try_advisory_lock",
         "consul": "one blocking query per ttl (Consul adds up to 1/16 of jitter)",
     },
-    "start": {"": "the interpreter and the CLI's imports take most of it"},
+    "start": {"": "the interpreter and the client library's imports take most of it"},
     "handoff": {"": "see docs/benchmarks.md"},
     "failover": {"": "see docs/benchmarks.md"},
     "scale": {
