@@ -39,11 +39,9 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +56,7 @@ from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
+from coordinator.hashing import sha256
 
 REJECTED_STATES = {"28P01", "28000", "3D000", "42501", "3F000", "42883"}
 REJECTED_TEXT = re.compile(
@@ -141,7 +140,7 @@ def channel(key: int) -> str:
 
 
 def lock_key(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
 def key_parts(key: int) -> dict[str, int]:
@@ -378,7 +377,7 @@ class PostgresBackend(Backend):
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         else:
             reset = self._recovered()
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         held = Held(token, key, int(fencing), beacon, now_pid, bool(beacon_free), unflushed)
         self._held[name] = held
         return Lease(

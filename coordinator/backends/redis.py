@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -239,7 +238,7 @@ class RedisBackend(Backend):
 
     @staticmethod
     def _new_token() -> str:
-        return secrets.token_hex(16)
+        return os.urandom(16).hex()
 
     def _lease(
         self,
