@@ -51,8 +51,9 @@ end
 ACQUIRE = (
     NOW_MS
     + """
-if redis.call('exists', KEYS[1]) == 1 then
-  return {0, redis.call('pttl', KEYS[1]), 0, 0}
+local held = redis.call('get', KEYS[1])
+if held then  -- refused: who holds it comes along, so a standby needs no second read
+  return {0, redis.call('pttl', KEYS[1]), held, 0}
 end
 local now = now_ms()
 local reset = 0
@@ -195,6 +196,7 @@ class RedisBackend(Backend):
         self._release = self.client.register_script(RELEASE)
         self._pubsub: Any = None
         self._free_at: dict[str, float] = {}  # monotonic time a seen lease runs out
+        self._refusals: dict[str, tuple[Any, int]] = {}  # name -> (value, pttl) that said no
 
     def _connect(self, url: str, timeout: float) -> redis.Redis:
         try:
@@ -232,7 +234,7 @@ class RedisBackend(Backend):
             self._acquire, keys=[key, state], args=[token, self.ttl_ms, info.to_json()]
         )
         if not won:
-            self._refused(name, sent, int(value))
+            self._refused(name, sent, int(value), reset)
             return None
         return self._lease(name, token, int(value), sent, int(reset), uptime)
 
@@ -259,8 +261,10 @@ class RedisBackend(Backend):
             ready=ready,
         )
 
-    def _refused(self, name: str, sent: float, pttl: int) -> None:
-        """Remember when the lease seen at a refused attempt runs out, for wait()."""
+    def _refused(self, name: str, sent: float, pttl: int, held: Any) -> None:
+        """Remember when the lease seen at a refused attempt runs out, for wait(), and
+        who held it, for refused_by()."""
+        self._refusals[name] = (held, pttl)
         # -1: a key without expiry (not ours to judge); -2: it just went away.
         self._free_at[name] = (
             sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
@@ -277,12 +281,20 @@ class RedisBackend(Backend):
         key, state, channel = self._keys(lease.name)
         self._call(self._release, keys=[key, state], args=[lease.token, channel])
 
+    def refused_by(self, name: str) -> HolderInfo | None:
+        refusal = self._refusals.pop(name, None)
+        return self.holder(name) if refusal is None else self._holder_info(*refusal)
+
     def holder(self, name: str) -> HolderInfo | None:
         key, _, _ = self._keys(name)
         pipe = self.client.pipeline(transaction=True)
         pipe.get(key)
         pipe.pttl(key)
         value, pttl = self._call(pipe.execute)
+        return self._holder_info(value, pttl)
+
+    @staticmethod
+    def _holder_info(value: Any, pttl: int) -> HolderInfo | None:
         if value is None:
             return None
         data = json_object(value)

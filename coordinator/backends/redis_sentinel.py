@@ -242,7 +242,7 @@ class SentinelBackend(RedisBackend):
             self._acquire, [key, state], [token, self.ttl_ms, info.to_json()], BackendUnavailable
         )
         if not won:
-            self._refused(name, sent, int(value))
+            self._refused(name, sent, int(value), reset)
             return None
         self._bound[token] = binding
         if not acked:
