@@ -3,7 +3,9 @@
 Any module of this package that defines `BENCHES` (a name -> BenchSpec dict) adds its
 benches to the runner: `python -m tests.faults --backends NAME`, `--long`, and the
 rounds CI runs (tests/test_fault_topologies.py runs each bench's `quick` faults).
-No other file needs an edit; names must not clash across modules.
+No other file needs an edit. A name starts with the backend kind ("postgres-standby"):
+with COORDINATOR_TEST_<KIND>_URL set (servers from elsewhere) CI skips the bench, which
+starts servers of its own. Names must not clash across modules.
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@ standby (failover by promotion), PostgreSQL through PgBouncer in session pooling
 TLS with verification on Redis, PostgreSQL and Consul.
 
 Each node reaches its servers through proxies of its own, as on the plain benches,
-so the usual faults (kill-9, sigterm, blackhole, ...) apply unchanged.
+so the usual faults (kill-9, sigterm, blackhole, ...) apply unchanged. The servers
+are not made to age first: a supervisor that finds a server younger than the ttl
+waits the safety delay before the first child, so no fault meets a young server.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 import uuid
@@ -27,8 +30,12 @@ from tests.replication import StandbyServer
 from tests.servers import PostgresServer, ServerProcess, settled
 from tests.store import Store
 
-# What a supervisor logs when it waits as for lost state (coordinator/supervisor.py).
-SAFETY_WAIT = "so an earlier holder could still be running: waiting the safety delay"
+# What a supervisor logs when it waits as for lost state because of a promotion
+# (coordinator/supervisor.py, coordinator/backends/postgres.py).
+PROMOTED_WAIT = re.compile(
+    r"the server is a standby promoted .*so an earlier holder could still be running: "
+    r"waiting the safety delay"
+)
 
 
 def prefix() -> str:
@@ -90,9 +97,6 @@ class StandbyBench(Bench):
         self.pair: list[PostgresServer] = [primary]  # [primary, standby]
         try:
             self.pair.append(StandbyServer(primary))
-            ttl = Store("postgres", "", "").ttl
-            for server in self.pair:  # older than the ttl: a young postmaster makes all wait
-                settled(server, ttl + 1)
             store = Store("postgres", multi_host([s.port for s in self.pair]), prefix())
             super().__init__(store, None, tmp)
         except BaseException:
@@ -105,6 +109,9 @@ class StandbyBench(Bench):
 
     def fail_over(self) -> None:
         old, new = self.pair
+        # A standby younger than the ttl would make the new holder wait for its young
+        # postmaster, whether or not the promotion is detected.
+        settled(new, self.ttl + 1)
         old.stop(signal.SIGQUIT)  # immediate shutdown, as a crash
         assert isinstance(new, StandbyServer)
         new.promote()
@@ -169,8 +176,8 @@ def promotion(cut_off: bool) -> Fault:
                 time.sleep(rng.uniform(0, 1))
         finally:
             node.proxy.heal()
-        if new is not None and SAFETY_WAIT not in logged_since(bench, new.pid, sizes):
-            r.problems.append("the new holder did not wait the safety delay")
+        if new is not None and not PROMOTED_WAIT.search(logged_since(bench, new.pid, sizes)):
+            r.problems.append("the new holder did not wait the safety delay for the promotion")
         bench.rebuild_standby()
 
     return fault
@@ -187,7 +194,7 @@ class PoolerBench(OwnedBench):
 
 
 def pgbouncer(tmp: Path) -> Bench:
-    server = settled(PostgresServer())
+    server = PostgresServer()
     owned: list[ServerProcess] = [server]
 
     def make() -> Bench:
@@ -213,13 +220,13 @@ def pooler_restart(
 
 
 def tls_redis(tmp: Path) -> Bench:
-    server = settled(TlsRedisServer(tmp, make_pki(tmp / "pki")))
+    server = TlsRedisServer(tmp, make_pki(tmp / "pki"))
     store = Store("redis", server.url, prefix())
     return closing_on_error([server], lambda: OwnedBench(store, None, tmp, [server]))
 
 
 def tls_postgres(tmp: Path) -> Bench:
-    server = settled(TlsPostgresServer(make_pki(tmp / "pki")))
+    server = TlsPostgresServer(make_pki(tmp / "pki"))
     store = Store("postgres", server.url, prefix())
     return closing_on_error([server], lambda: OwnedBench(store, None, tmp, [server]))
 
@@ -241,7 +248,7 @@ BENCHES = {
             "primary-promoted": promotion(cut_off=False),
             "primary-promoted-cut-off": promotion(cut_off=True),
         },
-        quick=("primary-promoted", "primary-promoted-cut-off"),
+        quick=("primary-promoted-cut-off",),
         about="PostgreSQL primary and streaming standby, multi-host URL",
     ),
     "postgres-pgbouncer": BenchSpec(
@@ -256,7 +263,7 @@ BENCHES = {
             "connections-reset",
         ),
         extra={"pooler-restart": pooler_restart},
-        quick=("kill-9", "blackhole", "server-restart", "pooler-restart"),
+        quick=("blackhole", "pooler-restart"),  # a crash: tests/test_pgbouncer.py
         about="PostgreSQL through PgBouncer, session pooling",
     ),
     "redis-tls": BenchSpec(
@@ -271,7 +278,7 @@ BENCHES = {
     "consul-tls": BenchSpec(
         make=tls_consul,
         faults=TLS_FAULTS,
-        quick=("kill-9",),
+        quick=("blackhole",),
         about="Consul over HTTPS with a client certificate",
     ),
 }
