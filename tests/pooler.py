@@ -23,7 +23,10 @@ def pgbouncer_binary() -> str | None:
 
 
 class PgBouncer(ServerProcess):
-    def __init__(self, server: PostgresServer) -> None:
+    """`login_retry`: PgBouncer's server_login_retry, how long it waits after a failed
+    login to the server (15 s by default) before it tries again."""
+
+    def __init__(self, server: PostgresServer, login_retry: int | None = None) -> None:
         binary = pgbouncer_binary()
         if binary is None:
             missing("pgbouncer")
@@ -46,6 +49,7 @@ class PgBouncer(ServerProcess):
             f"auth_file = {self.directory / 'userlist.txt'}\n"
             "max_client_conn = 200\n"
             "default_pool_size = 50\n"
+            + (f"server_login_retry = {login_retry}\n" if login_retry is not None else "")
         )
         if server.run_as:
             for path in (self.directory, *self.directory.iterdir()):

@@ -198,7 +198,10 @@ def pgbouncer(tmp: Path) -> Bench:
     owned: list[ServerProcess] = [server]
 
     def make() -> Bench:
-        owned.append(pooler := PgBouncer(server))
+        # PgBouncer retries a failed server login after 15 s by default, which would
+        # dominate the server-restart takeover (docs/deployment.md); 1 s keeps the
+        # supervisors retrying through it, where an abandoned call once broke one.
+        owned.append(pooler := PgBouncer(server, login_retry=1))
         return PoolerBench(tmp, server, pooler)
 
     return closing_on_error(owned, make)
