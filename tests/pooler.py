@@ -1,7 +1,7 @@
 """PgBouncer in front of a test PostgreSQL server, on a free loopback port.
 
-One process serves two names for the same database: `session` (session pooling) and
-`transaction` (transaction pooling). PgBouncer refuses to run as root, so as root it
+One process serves three names for the same database, one per pool mode: `session`,
+`transaction` and `statement`. PgBouncer refuses to run as root, so as root it
 runs as the server's user, in the server's directory.
 """
 
@@ -41,6 +41,7 @@ class PgBouncer(ServerProcess):
             "[databases]\n"
             f"session = {target} pool_mode=session\n"
             f"transaction = {target} pool_mode=transaction\n"
+            f"statement = {target} pool_mode=statement\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {self.port}\n"
@@ -62,7 +63,7 @@ class PgBouncer(ServerProcess):
         return self.url_for("session")
 
     def url_for(self, pool: str) -> str:
-        """The URL of database `pool` (session or transaction) through the pooler."""
+        """The URL of database `pool` (session, transaction, statement) through the pooler."""
         server = self.server
         return f"postgresql://{server.USER}:{server.PASSWORD}@127.0.0.1:{self.port}/{pool}"
 
