@@ -3,7 +3,8 @@
 Starts its own servers (it pauses and restarts them; COORDINATOR_TEST_*_URL selects an
 external server instead, and the server faults are then left out), three supervisors
 per backend, applies every fault in shuffled rounds, prints a table per backend and
-exits 1 unless every row meets the bar.
+exits 1 unless every row meets the bar. Besides the four backends, --backends takes
+the names of the topology benches (tests/faults/benches.py: replicas, poolers, TLS).
 """
 
 from __future__ import annotations
@@ -134,7 +135,11 @@ def run_backend(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds per fault")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_ROUNDS} rounds per fault (a topology bench: its quick_rounds, 1)",
+    )
     mode.add_argument("--long", action="store_true", help=f"{LONG_ROUNDS} rounds per fault")
     mode.add_argument("--rounds", type=int, help="rounds per fault")
     benches = registered()
