@@ -107,11 +107,13 @@ class StandbyBench(Bench):
         proxies = Proxies([server.port for server in self.pair])
         return Node(index, multi_host(proxies.ports), proxies)
 
+    def settle_standby(self) -> None:
+        """A standby younger than the ttl would make the new holder wait for its young
+        postmaster, whether or not the promotion is detected: wait until it is older."""
+        settled(self.pair[1], self.ttl + 1)
+
     def fail_over(self) -> None:
         old, new = self.pair
-        # A standby younger than the ttl would make the new holder wait for its young
-        # postmaster, whether or not the promotion is detected.
-        settled(new, self.ttl + 1)
         old.stop(signal.SIGQUIT)  # immediate shutdown, as a crash
         assert isinstance(new, StandbyServer)
         new.promote()
@@ -163,6 +165,7 @@ def promotion(cut_off: bool) -> Fault:
         bench: Bench, node: Node, child: Record, known: set[int], r: Round, rng: random.Random
     ) -> None:
         assert isinstance(bench, StandbyBench) and node.proxy is not None
+        bench.settle_standby()  # before the fault: not part of the takeover
         sizes = log_sizes(bench)
         if cut_off:
             node.proxy.stall()
