@@ -42,9 +42,11 @@ import contextlib
 import math
 import os
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -190,6 +192,25 @@ class Held:
         return self.beacon_held and self.unflushed is None
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def serialized(
+    method: Callable[Concatenate[PostgresBackend, P], R],
+) -> Callable[Concatenate[PostgresBackend, P], R]:
+    """One call at a time. The supervisor abandons a call that overruns its timeout and
+    makes the next one on a new thread while the first may still run (events.Caller);
+    both would change the same connections (one dropping the lock connection under
+    the other). The next call waits, within its own timeout, for the first to end."""
+
+    def call(self: PostgresBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._calls:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class PostgresBackend(Backend):
     name = "postgres"
 
@@ -206,6 +227,7 @@ class PostgresBackend(Backend):
         # seen was a graceful release, False after an acquisition; absent when unknown.
         self._released: dict[int, bool] = {}
         self._listening: set[int] = set()
+        self._calls = threading.RLock()  # see serialized(); close() does not wait
 
     # -- connections ------------------------------------------------------------
 
@@ -323,6 +345,7 @@ class PostgresBackend(Backend):
     def describe(self, name: str) -> str:
         return f"advisory lock {self.keys(name)[0]} ({self.prefix}{name}) on {self.where}"
 
+    @serialized
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         if name in self._held:
             return None  # not reentrant, unlike the server's advisory locks
@@ -450,6 +473,7 @@ class PostgresBackend(Backend):
             row = self._run("_lock_conn", TOKEN, params)
         return int(row[0]), int(row[1]), float(row[2])
 
+    @serialized
     def renew(self, lease: Lease) -> Lease:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
@@ -490,6 +514,7 @@ class PostgresBackend(Backend):
                 "_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (held.beacon,)
             )
 
+    @serialized
     def release(self, lease: Lease) -> None:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
@@ -506,10 +531,12 @@ class PostgresBackend(Backend):
             self._drop("_lock_conn")  # closing the session releases the lock too
             raise
 
+    @serialized
     def forget(self, lease: Lease) -> None:
         if not self._held:  # the child of the lost lease is reaped: the beacon can go
             self._drop("_beacon_conn")
 
+    @serialized
     def holder(self, name: str) -> HolderInfo | None:
         key, _ = self.keys(name)
         self._lock_connection()
@@ -526,6 +553,7 @@ class PostgresBackend(Backend):
             node_id=node, host=host or "local", pid=pid, since=started or 0.0, fencing_token=token
         )
 
+    @serialized
     def wait(self, name: str, timeout: float) -> None:
         """Block in pg_advisory_lock until the lock is ours or `timeout` passes."""
         if name in self._granted or name in self._held:
