@@ -195,6 +195,8 @@ class ConsulBackend(Backend):
         self._instance = uuid.uuid4().hex[:12]
         self._ready: dict[str, str] = {}  # name -> a standby's ready session
         self._standby_watch: dict[str, Watch] = {}  # name -> a standby's blocking query
+        # check -> the registration with the ttl sent at acquisition, and when
+        self._shortening: dict[str, tuple[http.client.HTTPConnection, float]] = {}
         self._base: dict[str, int] = {}  # session -> the Flags its lock wrote
         self._renewed: dict[str, float] = {}  # session -> last session renewal
         self._watch: dict[str, Watch] = {}  # session -> its watch
@@ -299,11 +301,20 @@ class ConsulBackend(Backend):
         """Register our service and its TTL check (passing) with `ttl`. Registering
         again with another TTL keeps the check's status and restarts its timer: the
         session tied to it lives on."""
+        sent = time.monotonic()
+        self._http("PUT", "/v1/agent/service/register", body=json.dumps(self._service(name, ttl)))
+        check_id = self.check_id(name)
+        self._checks.add(check_id)
+        self._passed[check_id] = sent
+        self._check_ttl[check_id] = ttl
+        return check_id
+
+    def _service(self, name: str, ttl: float) -> dict[str, Any]:
         check_id = self.check_id(name)
         # The check belongs to a service of its own: a node check left critical (by a
         # standby that stopped passing it, or a killed supervisor) would take every
         # service of the node out of `?passing` health queries and DNS.
-        service = {
+        return {
             "ID": check_id,
             "Name": "coordinator",
             "Meta": {"lock": one_line(self.key(name), 500), "node_id": one_line(self.node, 500)},
@@ -315,12 +326,6 @@ class ConsulBackend(Backend):
                 "Status": "passing",
             },
         }
-        sent = time.monotonic()
-        self._http("PUT", "/v1/agent/service/register", body=json.dumps(service))
-        self._checks.add(check_id)
-        self._passed[check_id] = sent
-        self._check_ttl[check_id] = ttl
-        return check_id
 
     def _pass(self, check_id: str) -> bool:
         """Pass our check; False if the agent no longer has it (restarted without its
@@ -418,6 +423,7 @@ class ConsulBackend(Backend):
         """Remove our check and its service: that also invalidates a session tied to it
         (without a lock-delay on keys it no longer holds)."""
         check_id = self.check_id(name)
+        self._drop_shorten(check_id)
         if check_id in self._checks:
             with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
                 self._unregister(check_id, check_id)
@@ -517,19 +523,47 @@ class ConsulBackend(Backend):
             watch.close()
         self._arm(name, session, modify)
         # The check ends the lease a ttl after a crash, not STANDBY_TTLS ttls: give it
-        # the ttl now (its timer restarts: a pass). If this fails, the first renewal
-        # does it; meanwhile the longer TTL only delays a takeover.
-        with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
-            self._register_check(name, self.ttl)
+        # the ttl now (its timer restarts), without waiting for the answer, which the
+        # first renewal reads. The child starts meanwhile.
+        self._shorten(name)
         # A missing key means first use of the name, or Consul lost its data.
         reset = "" if entry is not None else "consul had no record of this lock key"
         return Lease(name, session, token, deadline, state_reset=reset)
 
-    def _send_query(self, name: str, index: int, wait: float) -> Watch | None:
-        """A blocking query on the key, on a connection of its own; None if it could not
-        be sent."""
-        query = urlencode({"index": index, "wait": f"{int(wait * 1000)}ms"})
-        path = f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}"
+    def _shorten(self, name: str) -> None:
+        """Send the registration of our check with the ttl on a connection of its own."""
+        check_id = self.check_id(name)
+        self._drop_shorten(check_id)
+        sent = time.monotonic()
+        body = json.dumps(self._service(name, self.ttl)).encode()
+        conn = self._send("PUT", "/v1/agent/service/register", body)
+        if conn is not None:
+            self._shortening[check_id] = (conn, sent)
+
+    def _shortened(self, check_id: str) -> bool:
+        """True if the registration _shorten() sent succeeded: the check has the ttl."""
+        conn, sent = self._shortening.pop(check_id, (None, 0.0))
+        if conn is None:
+            return False
+        try:
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException):
+            status = 0
+        finally:
+            conn.close()
+        if status != 200:
+            return False
+        self._passed[check_id], self._check_ttl[check_id] = sent, self.ttl
+        return True
+
+    def _drop_shorten(self, check_id: str) -> None:
+        conn, _ = self._shortening.pop(check_id, (None, 0.0))
+        if conn is not None:
+            conn.close()
+
+    def _send(self, method: str, path: str, body: bytes | None = None) -> Any:
+        """Send a request on a connection of its own and return the connection (its
+        answer is read later), or None if it could not be sent."""
         conn: http.client.HTTPConnection
         if self.scheme == "https":
             context = ssl.create_default_context(
@@ -546,11 +580,18 @@ class ConsulBackend(Backend):
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request("GET", path, headers=self._headers())
-            return Watch(conn, wait)
+            conn.request(method, path, body=body, headers=self._headers())
+            return conn
         except (OSError, http.client.HTTPException):
             conn.close()
             return None
+
+    def _send_query(self, name: str, index: int, wait: float) -> Watch | None:
+        """A blocking query on the key, on a connection of its own; None if it could not
+        be sent."""
+        query = urlencode({"index": index, "wait": f"{int(wait * 1000)}ms"})
+        conn = self._send("GET", f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}")
+        return None if conn is None else Watch(conn, wait)
 
     def _arm(self, name: str, session: str, index: int) -> None:
         """Send the holder's blocking query on its key; a failure leaves renew() to read
@@ -609,7 +650,7 @@ class ConsulBackend(Backend):
     def _renew(self, lease: Lease) -> Lease:
         check_id = self.check_id(lease.name)
         sent = time.monotonic()
-        if self._check_ttl.get(check_id) != self.ttl:
+        if self._check_ttl.get(check_id) != self.ttl and not self._shortened(check_id):
             # The acquisition could not shorten the check's TTL from the standby's:
             # do it now. Registering it again with the ttl keeps its status and restarts
             # its timer (a pass); if the agent had forgotten it, the watch or the read
@@ -738,6 +779,8 @@ class ConsulBackend(Backend):
         return True
 
     def close(self) -> None:
+        for check_id in list(self._shortening):
+            self._drop_shorten(check_id)
         for session in list(self._watch):
             self._watch.pop(session).close()
         for name in list(self._standby_watch):
