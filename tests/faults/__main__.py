@@ -19,13 +19,14 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from tests.faults import consul_cluster
 from tests.faults.check import Round, Summary, history_problems
 from tests.faults.faults import FAULTS, applicable, one_round
 from tests.faults.harness import Bench
 from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
-BACKENDS = ("file", "redis", "postgres", "consul")
+BACKENDS = ("file", "redis", "postgres", "consul", consul_cluster.KIND)
 QUICK_ROUNDS, LONG_ROUNDS = 2, 25
 # Backends whose rounds are too long for two in the quick mode (none since Consul's
 # takeover is bound by its ttl).
@@ -89,6 +90,8 @@ def table(title: str, summaries: list[Summary]) -> str:
 def run_backend(
     kind: str, faults: list[str], rounds: int, seed: int, tmp: Path
 ) -> tuple[str, list[Summary]]:
+    if kind == consul_cluster.KIND:
+        return consul_cluster.run(faults, rounds, seed, tmp)
     store, server = open_store(kind, tmp)
     bench = Bench(store, server, tmp)
     try:
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     long_or_quick = LONG_ROUNDS if args.long else None
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     faults = args.faults.split(",")
-    unknown = [f for f in faults if f not in FAULTS] + [
+    unknown = [f for f in faults if f not in FAULTS and f not in consul_cluster.FAULTS] + [
         b for b in args.backends.split(",") if b not in BACKENDS
     ]
     if unknown:
