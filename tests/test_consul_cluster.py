@@ -4,7 +4,7 @@ flock probe judges overlap; the printed table has the takeover times
 (docs/backends/consul.md quotes them). `python -m tests.faults --backends
 consul-cluster --rounds N` is the long run, with every cluster fault.
 
-COORDINATOR_CLUSTER_FAULTS picks the faults (comma-separated; CI runs the two below),
+COORDINATOR_CLUSTER_FAULTS picks the faults (comma-separated; CI runs the three below),
 COORDINATOR_FAULT_ROUNDS and COORDINATOR_FAULT_SEED the rounds and the order.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from tests.faults.__main__ import verdict
 from tests.faults.consul_cluster import run
 
-CI_FAULTS = "leader-killed,client-agent-stopped"
+CI_FAULTS = "leader-killed,client-agent-stopped,client-agent-leave"
 
 
 def test_cluster_faults_meet_the_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
