@@ -14,7 +14,9 @@
   ttls it passes the check and sends the query again: under one request per ttl.
 - Acquire: one transaction checks that the key is unchanged (or absent) and locks it
   with the ready session, then the check is registered again with the ttl. A standby
-  that loses the race keeps its session: no create/destroy storm.
+  that loses the race keeps its session (no create/destroy storm) and pauses a moment,
+  out of step with the others, before it reads the key: the winner's child starts
+  among every standby the release woke.
 - Release unlocks the key (no lock-delay) and removes the check, which ends the
   session.
 - Fencing token: Flags + the Raft index of the write that locked the key. Flags is a
@@ -66,6 +68,9 @@ BACKSTOP_TTLS = 30
 WATCH_WAIT = 300.0
 # A free key that cannot be locked is inside its lock-delay: look again this often.
 FREE_POLL = 0.25
+# After losing a race for a released key, a standby pauses this long (in ttls, with
+# jitter) before it reads the key again.
+LOST_RACE_PAUSE = 0.2
 # A standby's check: its TTL, and how often the standby passes it and sends its
 # blocking query again, in ttls. A pass is due after STANDBY_PASS ttls and forced
 # after STANDBY_PASS + 0.5 even with the query still open; the standby looks at least
@@ -707,12 +712,7 @@ class ConsulBackend(Backend):
 
     def refused_by(self, name: str) -> HolderInfo | None:
         if name in self._lost_race:
-            # The race's winner: one read, whose index the next blocking query uses.
-            self._lost_race.discard(name)
-            index, entry = self._read(name, stale="")
-            self._index[name], self._known[name] = index, entry
-            self._read_at[name] = (time.monotonic(), index, entry)
-            return self._describe(entry)
+            return None  # the winner, unknown yet: wait() reads the key a moment later
         entry = self._refused_by.pop(name, None)
         return self.holder(name) if entry is None else self._describe(entry)
 
@@ -732,7 +732,14 @@ class ConsulBackend(Backend):
         open across calls (re-sent every STANDBY_PASS ttls, with a pass of the ready
         session's check). acquire() then uses what it returned, or, while it is still
         open, what the key was when it was sent: no request of its own."""
-        self._lost_race.discard(name)
+        if name in self._lost_race:
+            # Another standby won a race: its child starts now, among every standby
+            # the release woke. Stay out of its way a moment, out of step with the
+            # others, before reading the key and waiting again (a crash of the new
+            # holder takes at least the lock-delay to free the key anyway).
+            self._lost_race.discard(name)
+            time.sleep(min(timeout, LOST_RACE_PAUSE * self.ttl * random.uniform(0.5, 1.5)))
+            return
         if name in self._free_seen or timeout < 0.1:
             self._free_seen.discard(name)
             # A free key we could not lock is inside its lock-delay; nothing will
