@@ -41,7 +41,7 @@ WHY: dict[str, dict[str, str]] = {
         "redis": "a standby looks again whenever the lease it saw last would run out",
         "postgres": "one blocking pg_advisory_lock per ttl, but 5 round trips around it: "
         "BEGIN, set_config of the timeouts, the lock, ROLLBACK, then pg_try_advisory_lock",
-        "consul": "one blocking query per ttl (Consul adds up to 1/16 of jitter)",
+        "consul": "a blocking query and a check pass every 3 ttls, a session renewal every 15",
     },
     "start": {"": "the interpreter and the client library's imports take most of it"},
     "handoff": {"": "see docs/benchmarks.md"},
@@ -49,9 +49,9 @@ WHY: dict[str, dict[str, str]] = {
     "scale": {
         "redis": "a release wakes every standby at once (pub/sub) and each runs its acquire "
         "script: the new child waits for CPU among them on this 2-core machine",
-        "consul": "a release ends every standby's blocking query at once; each registers "
-        "its check, creates a session and sends a transaction (the losers keep theirs for "
-        "half a ttl)",
+        "consul": "a release ends every standby's blocking query at once and each sends "
+        "one transaction with its ready session (the losers keep theirs, then read the key "
+        "once): the new child waits for CPU among them on this 2-core machine",
         "postgres": "the server is busy with deadlock checks (see backend CPU), so some "
         "standbys' calls run past their timeout and are retried",
     },

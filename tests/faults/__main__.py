@@ -20,6 +20,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from tests.faults import consul_cluster
 from tests.faults.benches import registered
 from tests.faults.check import Round, Summary, history_problems
 from tests.faults.faults import FAULTS, applicable, one_round
@@ -30,7 +31,7 @@ from tests.faults.sentinel import run_sentinel
 from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
-BACKENDS = ("file", "redis", "postgres", "consul", SENTINEL)
+BACKENDS = ("file", "redis", "postgres", "consul", SENTINEL, consul_cluster.KIND)
 QUICK_ROUNDS, LONG_ROUNDS = 2, 25
 # Backends whose rounds are too long for two in the quick mode (none since Consul's
 # takeover is bound by its ttl).
@@ -106,8 +107,10 @@ def open_bench(kind: str, tmp: Path) -> tuple[Bench, ServerProcess | None, list[
 def run_backend(
     kind: str, faults: list[str], rounds: int, seed: int, tmp: Path
 ) -> tuple[str, list[Summary]]:
-    if kind == SENTINEL:  # a topology with faults of its own
+    if kind == SENTINEL:  # topologies with runners of their own
         return run_sentinel(faults, rounds, seed, tmp)
+    if kind == consul_cluster.KIND:
+        return consul_cluster.run(faults, rounds, seed, tmp)
     bench, server, names, external = open_bench(kind, tmp)
     spec = registered().get(kind)
     where = {**FAULTS, **spec.extra} if spec else FAULTS
@@ -148,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--long", action="store_true", help=f"{LONG_ROUNDS} rounds per fault")
     mode.add_argument("--rounds", type=int, help="rounds per fault")
     benches = registered()
-    every_fault = [*FAULTS, *SENTINEL_FAULTS, *(f for spec in benches.values() for f in spec.extra)]
+    every_fault = [
+        *FAULTS,
+        *SENTINEL_FAULTS,
+        *consul_cluster.FAULTS,
+        *(f for spec in benches.values() for f in spec.extra),
+    ]
     parser.add_argument(
         "--backends",
         default=",".join([*BACKENDS, *benches]),
