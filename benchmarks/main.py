@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from benchmarks.proxy import ProxyHub
 from benchmarks.results import GRACE, Results
 from benchmarks.scenarios import (
     Idle,
+    Timings,
     child_start,
     failovers,
     form,
@@ -28,6 +30,7 @@ from benchmarks.scenarios import (
     log,
     scale,
     start_to_exec,
+    start_to_exit,
     warm,
 )
 from benchmarks.tables import comparison, table
@@ -51,6 +54,11 @@ class Plan:
     keep: bool
     only: tuple[str, ...] = SCENARIOS
     consul_lock: bool = True
+    venv: bool = True
+
+    @property
+    def exit_rounds(self) -> int:
+        return 10 if self.quick else 20
 
     def ttl_for(self, kind: str) -> float:
         return max(2.0, self.ttl) if kind == "consul" else self.ttl
@@ -104,6 +112,12 @@ def parse(argv: list[str]) -> Plan:
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--no-venv",
+        action="store_true",
+        help="run coordinator with this interpreter, not one whose site-packages hold only "
+        "its dependencies",
+    )
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.backends.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in ALL]
@@ -126,6 +140,7 @@ def parse(argv: list[str]) -> Plan:
         markdown=args.markdown,
         keep=args.keep,
         only=only,
+        venv=not args.no_venv,
     )
 
 
@@ -230,7 +245,7 @@ def guarded(
 
 def with_url(kind: Kind, url: str) -> Kind:
     if isinstance(kind, Coordinator):
-        return Coordinator(kind.backend, url, kind.ttl, kind.grace, kind.extra)
+        return replace(kind, url=url)
     if isinstance(kind, ConsulLock):
         return ConsulLock(kind.executable, url)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -245,7 +260,36 @@ class Tables(list[report.Table]):
         print(table.text() + "\n", flush=True)
 
 
-def run(plan: Plan, work: Path) -> list[report.Table]:
+def exits(kinds: list[tuple[Kind, str]], plan: Plan, work: Path, ttl: float) -> list[Timings]:
+    """Start to exit of supervisors running `true`, the kinds taking turns. single-beat
+    never releases its lock, so each of its rounds takes a name of its own."""
+
+    def names(kind: Kind, base: str) -> Callable[[int], str]:
+        if isinstance(kind, Coordinator):
+            return lambda i: base
+        return lambda i: f"{base}-exit-{i}"
+
+    if "start" not in plan.only:
+        return [Timings() for _ in kinds]
+    log("start to exit, running `true`: " + ", ".join(k.label for k, _ in kinds) + " in turn")
+    pairs = [(kind, names(kind, base)) for kind, base in kinds]
+    return start_to_exit(pairs, work, plan.exit_rounds, 3 * ttl + 10)
+
+
+def interpreter(plan: Plan) -> tuple[str, str]:
+    """The Python that runs coordinator, and how it was chosen."""
+    if not plan.venv:
+        return sys.executable, f"{sys.executable} (--no-venv)"
+    try:
+        log("preparing a virtualenv of coordinator's dependencies (cached)")
+        python = singlebeat.coordinator_python()
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        log(f"no virtualenv ({exc}): coordinator runs with {sys.executable}")
+        return sys.executable, f"{sys.executable} (no virtualenv: {exc})"
+    return python, f"{python} (a virtualenv of {', '.join(singlebeat.DEPENDENCIES)})"
+
+
+def run(plan: Plan, work: Path, python: str) -> list[report.Table]:
     tables = Tables()
     missing = backends.supported()
     hub = ProxyHub()
@@ -276,14 +320,13 @@ def run(plan: Plan, work: Path) -> list[report.Table]:
                 tables.append(table(res))
                 continue
             try:
+                turns: list[tuple[Kind, str]] = []
                 if kind in plan.backends:
-                    coord = Coordinator(kind, server.url, ttl, GRACE)
+                    coord = Coordinator(kind, server.url, ttl, GRACE, python=python)
                     res = guarded(coord, "coordinator", server, plan, work / kind, hub)
-                    done = table(res)
-                    done.notes.insert(0, f"server: {server.version}")
-                    tables.append(done)
+                    turns.append((coord, NAME))
+                theirs = Results(kind, "single-beat", ttl)
                 if kind == "redis" and plan.single_beat:
-                    theirs = Results(kind, "single-beat", ttl)
                     if sb_error:
                         theirs.skipped = sb_error
                     elif ttl != int(ttl):
@@ -291,6 +334,15 @@ def run(plan: Plan, work: Path) -> list[report.Table]:
                     else:
                         sb = SingleBeat(sb_exe, server.url, server.port or 0, int(ttl))
                         theirs = guarded(sb, "single-beat", server, plan, work / "sb", hub)
+                        turns.append((sb, NAME))
+                timings = exits(turns, plan, work / kind, ttl)
+                for (done_kind, _), timing in zip(turns, timings, strict=True):
+                    (res if isinstance(done_kind, Coordinator) else theirs).exit = timing
+                if kind in plan.backends:
+                    done = table(res)
+                    done.notes.insert(0, f"server: {server.version}")
+                    tables.append(done)
+                if kind == "redis" and plan.single_beat:
                     tables.append(table(theirs))
                     if kind in plan.backends:
                         tables.append(comparison(res, theirs))
@@ -332,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     if plan.only != SCENARIOS:
         mode += f", only {','.join(plan.only)}"
     print("\n".join(f"{k}: {v}" for k, v in info) + f"\nmode: {mode}\n", flush=True)
+    python, how = interpreter(plan)
+    info.append(("coordinator runs with", how))
+    print(f"coordinator runs with: {how}\n", flush=True)
     work = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
     started = time.monotonic()
     try:
-        tables = run(plan, work)
+        tables = run(plan, work, python)
     except KeyboardInterrupt:
         log("interrupted: every server and supervisor started has been stopped")
         return 130

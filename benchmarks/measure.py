@@ -48,6 +48,11 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def children(pid: int) -> list[int]:
+    """The live children of a process."""
+    return [p for p, fields in processes() if int(fields[1]) == pid and fields[0] != "Z"]
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size (VmRSS) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -37,6 +37,7 @@ class Coordinator:
     grace: float
     extra: tuple[str, ...] = ()
     label: str = "coordinator"
+    python: str = ""  # the interpreter; default: this one
 
     @property
     def beat(self) -> float:
@@ -46,7 +47,7 @@ class Coordinator:
     def command(self, name: str, child: list[str]) -> tuple[list[str], dict[str, str]]:
         # The URL goes in the environment: it may hold a password, and argv is public.
         argv = [
-            *(sys.executable, "-m", "coordinator"),
+            *(self.python or sys.executable, "-m", "coordinator"),
             *("--backend", self.backend, "--name", name),
             *("--ttl", f"{self.ttl:g}", "--grace", f"{self.grace:g}", *self.extra),
             "--",

@@ -16,6 +16,7 @@ class Results:
     label: str
     ttl: float
     start: Timings = field(default_factory=Timings)
+    exit: Timings = field(default_factory=Timings)  # start to exit, running `true`
     idle: Idle = field(default_factory=Idle)
     handoff: Timings = field(default_factory=Timings)
     failover: Timings = field(default_factory=Timings)

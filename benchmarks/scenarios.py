@@ -4,6 +4,7 @@ children's records, /proc and the counting proxies."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from benchmarks.measure import cpu_seconds, mem_available_mb, pss_mb, rss_mb, tree_cpu_seconds
+from benchmarks.measure import (
+    children,
+    cpu_seconds,
+    mem_available_mb,
+    pss_mb,
+    rss_mb,
+    tree_cpu_seconds,
+)
 from benchmarks.procs import CHILD, Cluster, Coordinator, Kind
 from benchmarks.proxy import CountingProxy
 
@@ -82,6 +90,54 @@ def start_to_exec(
     return result
 
 
+def start_to_exit(
+    kinds: list[tuple[Kind, Callable[[int], str]]], work: Path, rounds: int, timeout: float
+) -> list[Timings]:
+    """From spawning a supervisor whose command is `true` to the supervisor's exit: the
+    lock taken, the command run, the lock released. The kinds take turns, round by
+    round, so a change in the machine's load falls on all of them alike."""
+    results = [Timings() for _ in kinds]
+    true = shutil.which("true") or "/bin/true"
+    directory = work / "exit"
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(rounds):
+        for n, ((kind, names), result) in enumerate(zip(kinds, results, strict=True)):
+            if result.error:
+                continue
+            argv, env = kind.command(names(i), [true])
+            log = directory / f"{n}-{i}.log"
+            with open(log, "wb") as out:
+                started = time.monotonic()
+                proc = subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
+                try:
+                    code = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    result.error = f"{kind.label} did not exit within {timeout:g}s"
+                    continue
+                elapsed = time.monotonic() - started
+            if code != 0:
+                tail = log.read_text(errors="replace")[-300:]
+                result.error = f"{kind.label} exited with {code}: {tail}"
+                continue
+            result.samples.append(elapsed)
+    return results
+
+
+def watchdog_of(pid: int) -> int | None:
+    """The watchdog process a coordinator holder started, if any."""
+    for child in children(pid):
+        try:
+            if b"watchdog" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except OSError:
+            continue
+    return None
+
+
 @dataclass
 class Idle:
     window: float = 0.0
@@ -95,6 +151,8 @@ class Idle:
     standby_rss: float = 0.0  # the largest
     holder_pss: float | None = None
     standby_pss: float | None = None
+    watchdog_rss: float | None = None  # the holder's watchdog process, if it has one
+    watchdog_pss: float | None = None
     counted: bool = False
     error: str = ""
 
@@ -142,6 +200,9 @@ def idle(
         result.holder_pss = pss_mb(holder.pid)
         pss = [p for m in waiting if (p := pss_mb(m.pid)) is not None]
         result.standby_pss = max(pss) if pss else None
+        if (watchdog := watchdog_of(holder.pid)) is not None:
+            result.watchdog_rss = rss_mb(watchdog)
+            result.watchdog_pss = pss_mb(watchdog)
         if cluster.holder() is not holder or len(cluster.records()) != 1:
             result.error = "the lock changed hands during the idle window"
         if any(m.proc.poll() is not None for m in cluster.members):

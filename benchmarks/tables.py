@@ -27,8 +27,8 @@ def failover_target(kind: str, ttl: float) -> tuple[str, float]:
 # request breakdown printed under the table. Keyed by metric, then backend ("" = any).
 WHY: dict[str, dict[str, str]] = {
     "rss": {
-        "": "a Python process: the interpreter, typer (which loads pydantic when it "
-        "parses the options) and the backend's client library stay resident; "
+        "": "a Python process: the interpreter and the backend's client library stay "
+        "resident (redis-py alone, with the asyncio and ssl it imports, is about 21 MiB); "
         "docs/benchmarks.md has the breakdown",
     },
     "holder": {
@@ -41,17 +41,17 @@ WHY: dict[str, dict[str, str]] = {
         "redis": "a standby looks again whenever the lease it saw last would run out",
         "postgres": "one blocking pg_advisory_lock per ttl, but 5 round trips around it: "
         "BEGIN, set_config of the timeouts, the lock, ROLLBACK, then pg_try_advisory_lock",
-        "consul": "one blocking query per ttl (Consul adds up to 1/16 of jitter)",
+        "consul": "a blocking query and a check pass every 3 ttls, a session renewal every 15",
     },
-    "start": {"": "the interpreter and the CLI's imports take most of it"},
+    "start": {"": "the interpreter and the client library's imports take most of it"},
     "handoff": {"": "see docs/benchmarks.md"},
     "failover": {"": "see docs/benchmarks.md"},
     "scale": {
         "redis": "a release wakes every standby at once (pub/sub) and each runs its acquire "
         "script: the new child waits for CPU among them on this 2-core machine",
-        "consul": "a release ends every standby's blocking query at once; each registers "
-        "its check, creates a session and sends a transaction (the losers keep theirs for "
-        "half a ttl)",
+        "consul": "a release ends every standby's blocking query at once and each sends "
+        "one transaction with its ready session (the losers keep theirs, then read the key "
+        "once): the new child waits for CPU among them on this 2-core machine",
         "postgres": "the server is busy with deadlock checks (see backend CPU), so some "
         "standbys' calls run past their timeout and are retried",
     },
@@ -108,10 +108,13 @@ def idle_rows(t: report.Table, res: Results) -> None:
             why("rss", res.kind),
         )
         if i.holder_pss is not None and i.standby_pss is not None:
-            t.notes.append(
-                f"PSS (shared pages split among users) holder / standby: "
-                f"{i.holder_pss:.1f} / {i.standby_pss:.1f} MiB"
+            t.add(
+                "supervisor PSS holder / standby (shared pages split among their users)",
+                f"{i.holder_pss:.1f} / {i.standby_pss:.1f} MiB",
             )
+        if i.watchdog_rss is not None:
+            pss = "-" if i.watchdog_pss is None else f"{i.watchdog_pss:.1f}"
+            t.add("the holder's watchdog process RSS / PSS", f"{i.watchdog_rss:.1f} / {pss} MiB")
         t.add(
             "idle CPU holder / standby (of one core)",
             f"{cpu(i.holder_cpu, i.window)} / {cpu(i.standby_cpu, i.window)}",
@@ -155,6 +158,7 @@ def table(res: Results) -> report.Table:
     if res.idle.window > 0:
         idle_rows(t, res)
     timing_row(t, res.kind, res.start, "start", "start to child exec", "p50 < 300 ms", 0.3)
+    timing_row(t, res.kind, res.exit, "exit", "start to exit, running `true`", "", math.inf)
     if res.child_start:
         alone = report.ms(percentile(res.child_start, 50))
         t.notes.append(
@@ -272,12 +276,29 @@ def comparison(ours: Results, theirs: Results) -> report.Comparison:
         ):
             a, b = a / ours.ttl, b / theirs.ttl
             c.compare(who, f"{a:.2f}", f"{b:.2f}", report.ratio(b, a))
+        sb = theirs.label == "single-beat"
         c.compare(
             "supervisor RSS (holder)",
             f"{oi.holder_rss:.1f} MiB",
             f"{ti.holder_rss:.1f} MiB",
             report.ratio(ti.holder_rss, oi.holder_rss),
+            "<= 0.9 x single-beat" if sb else "",
+            oi.holder_rss <= 0.9 * ti.holder_rss if sb else None,
         )
+        if oi.holder_pss is not None and ti.holder_pss is not None:
+            c.compare(
+                "supervisor PSS (holder)",
+                f"{oi.holder_pss:.1f} MiB",
+                f"{ti.holder_pss:.1f} MiB",
+                report.ratio(ti.holder_pss, oi.holder_pss),
+            )
+        if oi.watchdog_rss is not None:
+            c.compare(
+                "holder's watchdog RSS / PSS",
+                f"{oi.watchdog_rss:.1f} / {oi.watchdog_pss or 0:.1f} MiB",
+                "none",
+                "-",
+            )
         # Three clock ticks over the window: below that a ratio is noise.
         floor = 3 / TICK / min(oi.window, ti.window)
         c.compare(
@@ -298,6 +319,16 @@ def comparison(ours: Results, theirs: Results) -> report.Comparison:
         report.duration(p50(theirs.start)),
         report.ratio(p50(theirs.start), p50(ours.start)),
     )
+    if ours.exit.samples and theirs.exit.samples:
+        sb = theirs.label == "single-beat"
+        c.compare(
+            f"start to exit, running `true`, p50 (n={len(ours.exit.samples)}, taking turns)",
+            report.duration(p50(ours.exit)),
+            report.duration(p50(theirs.exit)),
+            report.ratio(p50(theirs.exit), p50(ours.exit)),
+            "<= single-beat" if sb else "",
+            p50(ours.exit) <= p50(theirs.exit) if sb else None,
+        )
     for mine, other in zip(ours.scale, theirs.scale, strict=False):
         if mine.backend_idle_cpu is not None and other.backend_idle_cpu is not None:
             c.compare(

@@ -1,91 +1,130 @@
-"""Command line: parsing only. Outcomes map to exit codes listed in docs/exit-codes.md."""
+"""Command line: parsing only. Outcomes map to exit codes listed in docs/exit-codes.md.
+
+The options come from one table (coordinator/options.py) and are parsed by click. Only
+what parsing needs is imported here: the supervisor, the backend and its client library
+are imported once the command line is known to be good.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
+import click
 
-from coordinator import __version__, limits, redact
-from coordinator.config import DEFAULT_GRACE, DEFAULT_TTL, Config
+from coordinator import __version__, limits, options, redact
+from coordinator.config import Config
 from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
 
 if TYPE_CHECKING:
     from coordinator.observe import Tracker
 
 
-def _typer(completion: bool) -> typer.Typer:
-    return typer.Typer(
-        add_completion=completion,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
+EPILOG_RUN = (
+    "Everything after '--' (or after the first word that is not an option) is the "
+    "command and its arguments, passed to it unchanged. Exit status: the command's own; "
+    "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
+    "4 --wait-timeout passed; 126/127 command not executable/not found. "
+    "Who holds a lock: coordinator status --help."
+)
+EPILOG_STATUS = (
+    "Exit status: 0 held; 1 free; 2 usage error; 3 the backend refused our "
+    "credentials; 69 the backend could not tell (unreachable or no answer in time). "
+    "A command that is itself called 'status' runs with: coordinator -- status."
+)
+
+
+def _parameter(option: options.Option) -> click.Option:
+    """A click option from a row of the table."""
+    decls = [option.name, *([option.short] if option.short else [])]
+    extra: dict[str, Any] = {}
+    if option.kind == "switch":
+        decls = [f"{option.name}/--no-{option.name[2:]}"]
+        extra["is_flag"] = True
+    elif option.kind == "flag":
+        extra["is_flag"] = True
+    elif option.kind == "seconds":
+        extra["type"] = click.FLOAT
+    elif option.kind == "path":
+        extra["type"] = click.Path(dir_okay=False, path_type=Path)
+    return click.Option(
+        decls,
+        default=option.default,
+        envvar=option.env or None,
+        show_envvar=bool(option.env),
+        show_default=option.default is not None and option.kind != "flag",
+        metavar=option.metavar or None,
+        help=option.help,
+        **extra,
     )
 
 
-app = _typer(completion=True)
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"coordinator {__version__}")
+        ctx.exit()
 
 
-# Options of both `coordinator` and `coordinator status`.
-BackendOption = Annotated[
-    str,
-    typer.Option(
-        "--backend",
-        "-b",
-        metavar="NAME",
-        envvar="COORDINATOR_BACKEND",
-        show_envvar=True,
-        help="Where the lock lives: file (this host only, no server), redis, postgres, consul.",
-    ),
-]
+def _completion(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from coordinator import completion
 
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        metavar="URL",
-        envvar="COORDINATOR_URL",
-        show_envvar=True,
-        help="Backend address. Defaults to the ecosystem's own variables (REDIS_URL; "
-        "DATABASE_URL, then libpq's PG* variables; CONSUL_HTTP_ADDR) and for file to a "
-        "per-user runtime directory.",
-    ),
-]
-
-NameOption = Annotated[
-    str | None,
-    typer.Option(
-        "--name",
-        "-n",
-        metavar="NAME",
-        envvar="COORDINATOR_NAME",
-        show_envvar=True,
-        help="Lock name: one child runs per name. Default: derived from the command "
-        "(program base name and arguments, plus a hash), so nodes running the same line "
-        "share a lock and different commands never block each other.",
-    ),
-]
-
-KeyPrefixOption = Annotated[
-    str,
-    typer.Option(
-        metavar="PREFIX",
-        envvar="COORDINATOR_KEY_PREFIX",
-        show_envvar=True,
-        help="Prefix of the keys this program writes in the backend.",
-    ),
-]
+        assert ctx.command is not None and param.name is not None
+        completion.act(ctx.command, param.name)
+        ctx.exit()
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"coordinator {__version__}")
-        raise typer.Exit()
+def _eager(name: str, help: str, callback: Any) -> click.Option:
+    return click.Option(
+        [name], is_flag=True, expose_value=False, is_eager=True, callback=callback, help=help
+    )
+
+
+def build(command: str) -> click.Command:
+    """The click command for `coordinator` (RUN) or `coordinator status`, from the table."""
+    params: list[click.Parameter] = [
+        click.Argument(["command"], nargs=-1, metavar="[-- COMMAND [ARGS]...]"),
+        *(_parameter(option) for option in options.for_command(command)),
+    ]
+    if command == options.RUN:
+        params += [
+            _eager("--version", "Show the version.", _version),
+            _eager(
+                "--install-completion", "Install completion for the current shell.", _completion
+            ),
+            _eager(
+                "--show-completion",
+                "Show completion for the current shell, to copy it or customize the installation.",
+                _completion,
+            ),
+        ]
+        return click.Command(
+            "coordinator",
+            callback=run,
+            params=params,
+            help="Run COMMAND on exactly one node at a time; the others wait as hot standbys.",
+            epilog=EPILOG_RUN,
+            context_settings={
+                "allow_interspersed_args": False,
+                "help_option_names": ["-h", "--help"],
+            },
+        )
+    return click.Command(
+        "status",
+        callback=status,
+        params=params,
+        help="Show who holds the lock NAME: node id, host, pid, since when, fencing token, "
+        "time left.",
+        epilog=EPILOG_STATUS,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
 
 def setup_logging(
@@ -107,129 +146,22 @@ def setup_logging(
     root.propagate = False
 
 
-@app.command(
-    # A command's own settings replace the app's: repeat -h here.
-    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
-    epilog="Everything after '--' (or after the first word that is not an option) is the "
-    "command and its arguments, passed to it unchanged. Exit status: the command's own; "
-    "128+N if it died of signal N; 2 usage error; 3 backend refused our credentials; "
-    "4 --wait-timeout passed; 126/127 command not executable/not found. "
-    "Who holds a lock: coordinator status --help.",
-)
 def run(
-    command: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="-- COMMAND [ARGS]...", help="The command to run.", show_default=False
-        ),
-    ] = None,
-    backend: BackendOption = "file",
-    url: UrlOption = None,
-    name: NameOption = None,
-    ttl: Annotated[
-        float,
-        typer.Option(
-            metavar="SECONDS",
-            envvar="COORDINATOR_TTL",
-            show_envvar=True,
-            help="Lease time to live in seconds: a crashed holder is replaced after about this. "
-            "Renewed every ttl/3. From 0.5 (consul: 2) to 1e9 (postgres: 98301, consul: "
-            "2880); see docs/limits.md.",
-        ),
-    ] = DEFAULT_TTL,
-    grace: Annotated[
-        float,
-        typer.Option(
-            metavar="SECONDS",
-            envvar="COORDINATOR_GRACE",
-            show_envvar=True,
-            help="Seconds between SIGTERM and SIGKILL when stopping the child. Must leave time "
-            "to renew: grace < ttl - ttl/3 - call timeout - margin.",
-        ),
-    ] = DEFAULT_GRACE,
-    node_id: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ID",
-            envvar="COORDINATOR_NODE_ID",
-            show_envvar=True,
-            help="This supervisor's identity in the lock. Default: hostname:pid.",
-        ),
-    ] = None,
-    wait_timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            envvar="COORDINATOR_WAIT_TIMEOUT",
-            show_envvar=True,
-            help="Give up (exit 4) after waiting this many seconds for the lease; 0 makes "
-            "one attempt. Default: wait forever.",
-        ),
-    ] = None,
-    safety_delay: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            envvar="COORDINATOR_SAFETY_DELAY",
-            show_envvar=True,
-            help="Seconds to wait before starting the child when the backend reports that "
-            "its lock state may have been lost (e.g. a Redis restart without persistence), "
-            "so an unaware earlier holder has stopped. Default: the ttl. 0 disables.",
-        ),
-    ] = None,
-    key_prefix: KeyPrefixOption = "coordinator/",
-    consul_node_check: Annotated[
-        bool,
-        typer.Option(
-            envvar="COORDINATOR_CONSUL_NODE_CHECK",
-            show_envvar=True,
-            help="consul: tie the session to the agent's serfHealth check too. Off by "
-            "default, so a gossip false positive cannot drop the lock.",
-        ),
-    ] = False,
-    log_level: Annotated[
-        str,
-        typer.Option(
-            metavar="LEVEL",
-            envvar="COORDINATOR_LOG_LEVEL",
-            show_envvar=True,
-            help="debug, info, warning or error.",
-        ),
-    ] = "info",
-    log_format: Annotated[
-        str,
-        typer.Option(
-            metavar="FORMAT",
-            envvar="COORDINATOR_LOG_FORMAT",
-            show_envvar=True,
-            help="text (one sentence per line) or json (one object per line, for log shippers).",
-        ),
-    ] = "text",
-    metrics_address: Annotated[
-        str | None,
-        typer.Option(
-            metavar="HOST:PORT",
-            envvar="COORDINATOR_METRICS_ADDRESS",
-            show_envvar=True,
-            help="Serve Prometheus metrics on /metrics and a health check on /healthz at this "
-            "address (:PORT for every interface). Needs the metrics extra.",
-        ),
-    ] = None,
-    status_file: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="PATH",
-            envvar="COORDINATOR_STATUS_FILE",
-            show_envvar=True,
-            dir_okay=False,
-            help="Keep a small JSON document with the current state at PATH, replaced "
-            "atomically on each state change and renewal, for exec probes.",
-        ),
-    ] = None,
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
-    ] = False,
+    command: tuple[str, ...],
+    backend: str,
+    url: str | None,
+    name: str | None,
+    ttl: float,
+    grace: float,
+    node_id: str | None,
+    wait_timeout: float | None,
+    safety_delay: float | None,
+    key_prefix: str,
+    consul_node_check: bool,
+    log_level: str,
+    log_format: str,
+    metrics_address: str | None,
+    status_file: Path | None,
 ) -> int:
     """Run COMMAND on exactly one node at a time; the others wait as hot standbys."""
     from coordinator import observe, watchdog
@@ -243,7 +175,7 @@ def run(
     if node_id:
         kwargs["node_id"] = node_id
     config = Config(
-        command=tuple(command or ()),
+        command=tuple(command),
         backend=backend,
         url=url,
         name=name or "",
@@ -273,40 +205,16 @@ def run(
     return Supervisor(config, store, observer).run()
 
 
-status_app = _typer(completion=False)
-
-
-@status_app.command(
-    epilog="Exit status: 0 held; 1 free; 2 usage error; 3 the backend refused our "
-    "credentials; 69 the backend could not tell (unreachable or no answer in time). "
-    "A command that is itself called 'status' runs with: coordinator -- status.",
-)
 def status(
-    command: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="-- COMMAND [ARGS]...",
-            help="The command the supervisors run, to derive the lock name when --name is "
-            "not given.",
-            show_default=False,
-        ),
-    ] = None,
-    backend: BackendOption = "file",
-    url: UrlOption = None,
-    name: NameOption = None,
-    key_prefix: KeyPrefixOption = "coordinator/",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object, for scripts.")
-    ] = False,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            metavar="SECONDS", help="Give up (exit 69) when the backend has not answered by then."
-        ),
-    ] = 5.0,
+    command: tuple[str, ...],
+    backend: str,
+    url: str | None,
+    name: str | None,
+    key_prefix: str,
+    json: bool,
+    timeout: float,
 ) -> int:
-    """Show who holds the lock NAME: node id, host, pid, since when, fencing token,
-    time left."""
+    """Show who holds the lock NAME."""
     from coordinator.status import status as show
 
     redact.register_url(url)
@@ -321,7 +229,7 @@ def status(
         name=name or "",
         key_prefix=key_prefix,
     )
-    return show(config, as_json, timeout)
+    return show(config, json, timeout)
 
 
 def refuse_own_lock(config: Config) -> None:
@@ -386,24 +294,49 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # `coordinator status ...` is the status command; anything else, `coordinator --
     # status` included, runs a command. A group would read the child's first word as a
     # subcommand name.
-    target, prog = app, "coordinator"
+    which, prog = options.RUN, "coordinator"
     if args[:1] == ["status"]:
-        target, prog, args = status_app, "coordinator status", args[1:]
-    command = typer.main.get_command(target)
+        which, prog, args = options.STATUS, "coordinator status", args[1:]
+    command = build(which)
+    if which == options.RUN and os.environ.get("_COORDINATOR_COMPLETE"):
+        from coordinator import completion
+
+        sys.exit(completion.complete(command, os.environ["_COORDINATOR_COMPLETE"]))
     try:
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
     except CoordinatorError as exc:
         fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        fail("aborted", 128 + 2)
+    except click.exceptions.NoSuchOption as exc:
+        # The wording of earlier versions, which scripts may look for.
+        near = ", ".join(sorted(exc.possibilities or ()))
+        near = f" (Possible options: {near})" if near else ""
+        fail(f"No such option: {exc.option_name}{near} (see {prog} --help)", EXIT_USAGE)
+    except click.exceptions.ClickException as exc:
+        fail(f"{exc.format_message()} (see {prog} --help)", EXIT_USAGE)
     except Exception as exc:
-        # Typer's parsing errors come from click or, in recent versions, its own copy
-        # of click: recognise them by shape rather than by class.
-        kind = type(exc).__name__
-        if kind == "Exit":
-            sys.exit(getattr(exc, "exit_code", 0))
-        if kind == "Abort":
-            fail("aborted", 128 + 2)
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            fail(f"{exc.format_message()} (see {prog} --help)", EXIT_USAGE)
         # A bug: say what, without a traceback that may hold secrets.
-        fail(f"internal error: {kind}: {exc}", EXIT_INTERNAL)
+        fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def entry() -> NoReturn:
+    """The program: main(), then out at once. By the time main() is done the child is
+    reaped, the lease released, the backend closed and every line written; tearing
+    down the interpreter's modules (some 300 with a client library) would only add
+    tens of milliseconds to every exit, to free memory the kernel frees anyway. The
+    atexit functions still run, and the output is flushed."""
+    try:
+        main()
+    except SystemExit as exc:
+        run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+        if not isinstance(exc.code, int) or run_exit_functions is None:
+            raise
+        run_exit_functions()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(exc.code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -11,12 +10,12 @@ from dataclasses import dataclass, field
 
 from coordinator import limits
 from coordinator.errors import ConfigError
+from coordinator.hashing import sha256
+from coordinator.options import DEFAULT_GRACE, DEFAULT_TTL
 from coordinator.redact import redact_url
 
 __all__ = ["Config", "default_name", "default_node_id", "redact_url"]
 
-DEFAULT_TTL = 10.0
-DEFAULT_GRACE = 3.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -37,7 +36,7 @@ def default_name(command: tuple[str, ...]) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", " ".join(words)).strip("-")[:48]
     # surrogatepass: a command line word that is not UTF-8 still hashes, the same on
     # every node.
-    digest = hashlib.sha256(shlex.join(words).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    digest = sha256(shlex.join(words).encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{readable}-{digest}"
 
 

@@ -34,7 +34,7 @@ from coordinator import __version__, redact
 from coordinator.config import Config
 from coordinator.errors import ConfigError
 from coordinator.observe import REASONS, Observer, Tracker
-from coordinator.supervisor import State
+from coordinator.states import State
 
 STATES = [state.name.lower() for state in State] + ["stopped"]
 

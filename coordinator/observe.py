@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +109,8 @@ class StatusFile:
         # Write beside the target and rename over it, so readers never see half a file.
         # The temporary file has an unpredictable name and is created with O_EXCL
         # (mkstemp): another user cannot plant a link there for us to write through.
+        import tempfile  # here: it imports shutil and random, which the rest never needs
+
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import time
-from enum import Enum
 
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.child import Child, ChildStartError
@@ -26,6 +25,7 @@ from coordinator.errors import (
 )
 from coordinator.events import FORWARDED, STOPPING, Caller, Events, Interrupted
 from coordinator.observe import Observer
+from coordinator.states import State
 from coordinator.watchdog import Watchdog
 
 log = logging.getLogger("coordinator")
@@ -36,17 +36,6 @@ PAUSE_NOTICE = 1.0
 READY_POLL = 0.2
 # While the backend stays unreachable, repeat the warning this often.
 DOWN_REMINDER = 60.0
-
-
-class State(Enum):
-    STARTING = "starting"
-    CONTENDING = "contending"
-    BACKEND_DOWN = "backend unavailable"
-    STANDBY = "standby"
-    DELAYING = "safety delay"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    EXITED = "exited"
 
 
 class Exit(Exception):

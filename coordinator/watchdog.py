@@ -25,15 +25,25 @@ Protocol, one line each on the watchdog's stdin:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import select
-import signal
-import subprocess
 import sys
 import time
-from typing import IO
+
+# The watchdog process imports only what its loop needs: not subprocess, contextlib or
+# typing, which import much more (the supervisor's side imports them when it starts
+# one), and _signal, the C module that `signal` wraps in enums, which import more again.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    import subprocess
+    from typing import IO
+else:
+    try:
+        import _signal as signal
+    except ImportError:
+        import signal
 
 # How the watchdog writes its lines; set by configure() in the supervisor, passed on.
 _settings = {"format": "text", "name": "", "node_id": ""}
@@ -89,8 +99,10 @@ def _parse(args: list[str]) -> dict[str, str]:
 
 
 def _say(text: str, settings: dict[str, str], event: str) -> None:
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (contextlib is not imported here: see the imports)
         os.write(2, f"{_line(text, settings, event)}\n".encode())
+    except OSError:
+        pass
 
 
 def _kill(pgid: int) -> bool:
@@ -156,6 +168,8 @@ class Watchdog:
         self._kill_at = math.inf
 
     def _start(self) -> None:
+        import subprocess
+
         read, write = os.pipe()
         try:
             self.process = subprocess.Popen(
@@ -206,6 +220,9 @@ class Watchdog:
             self._send("idle")
 
     def _drop(self) -> None:
+        import contextlib
+        import subprocess
+
         if self._pipe is not None:
             with contextlib.suppress(OSError):
                 self._pipe.close()
@@ -216,8 +233,18 @@ class Watchdog:
             self.process = None
 
     def close(self) -> None:
-        """End of file tells the watchdog to leave (killing the child if still armed)."""
-        self._drop()
+        """End of file tells the watchdog to leave (killing the child if still armed).
+        An idle watchdog has nothing to kill: the supervisor does not wait for it to
+        leave (a Python start and exit, tens of milliseconds of every supervisor's exit)."""
+        if self._pgid:
+            self._drop()
+            return
+        import contextlib
+
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.close()
+            self._pipe = None
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class Agent(ServerProcess):
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
-        wait_for_port(self.port, timeout=30)
+        wait_for_port(self.port, timeout=60)  # a loaded machine starts it slowly
 
 
 class ConsulCluster:

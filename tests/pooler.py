@@ -1,7 +1,7 @@
 """PgBouncer in front of a test PostgreSQL server, on a free loopback port.
 
-One process serves two names for the same database: `session` (session pooling) and
-`transaction` (transaction pooling). PgBouncer refuses to run as root, so as root it
+One process serves three names for the same database, one per pool mode: `session`,
+`transaction` and `statement`. PgBouncer refuses to run as root, so as root it
 runs as the server's user, in the server's directory.
 """
 
@@ -23,7 +23,10 @@ def pgbouncer_binary() -> str | None:
 
 
 class PgBouncer(ServerProcess):
-    def __init__(self, server: PostgresServer) -> None:
+    """`login_retry`: PgBouncer's server_login_retry, how long it waits after a failed
+    login to the server (15 s by default) before it tries again."""
+
+    def __init__(self, server: PostgresServer, login_retry: int | None = None) -> None:
         binary = pgbouncer_binary()
         if binary is None:
             missing("pgbouncer")
@@ -38,6 +41,7 @@ class PgBouncer(ServerProcess):
             "[databases]\n"
             f"session = {target} pool_mode=session\n"
             f"transaction = {target} pool_mode=transaction\n"
+            f"statement = {target} pool_mode=statement\n"
             "[pgbouncer]\n"
             "listen_addr = 127.0.0.1\n"
             f"listen_port = {self.port}\n"
@@ -46,6 +50,7 @@ class PgBouncer(ServerProcess):
             f"auth_file = {self.directory / 'userlist.txt'}\n"
             "max_client_conn = 200\n"
             "default_pool_size = 50\n"
+            + (f"server_login_retry = {login_retry}\n" if login_retry is not None else "")
         )
         if server.run_as:
             for path in (self.directory, *self.directory.iterdir()):
@@ -58,7 +63,7 @@ class PgBouncer(ServerProcess):
         return self.url_for("session")
 
     def url_for(self, pool: str) -> str:
-        """The URL of database `pool` (session or transaction) through the pooler."""
+        """The URL of database `pool` (session, transaction, statement) through the pooler."""
         server = self.server
         return f"postgresql://{server.USER}:{server.PASSWORD}@127.0.0.1:{self.port}/{pool}"
 

@@ -12,9 +12,10 @@ from tests.servers import PostgresServer, free_port, missing, postgres_bin
 
 class StandbyServer(PostgresServer):
     """A hot standby streaming from `primary` (over its Unix socket, as the superuser,
-    which initdb's pg_hba.conf trusts for replication there). promote() ends recovery."""
+    which initdb's pg_hba.conf trusts for replication there). promote() ends recovery.
+    `port`: where to listen (an old primary's, to rebuild it as a standby of the new)."""
 
-    def __init__(self, primary: PostgresServer) -> None:  # no initdb: a base backup
+    def __init__(self, primary: PostgresServer, port: int | None = None) -> None:  # no initdb
         basebackup, postgres = postgres_bin("pg_basebackup"), postgres_bin("postgres")
         if basebackup is None or postgres is None:
             missing("PostgreSQL (pg_basebackup, postgres)")
@@ -25,7 +26,7 @@ class StandbyServer(PostgresServer):
         self.run_as = primary.run_as
         if self.run_as:
             shutil.chown(self.directory, self.run_as, self.run_as)
-        self.port = free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._as_owner(
             [

@@ -9,14 +9,16 @@ that need it are skipped with a reason naming what is missing.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -360,3 +362,315 @@ def settled(server: S, age: float = 4.0) -> S:
         server.close()
         raise
     return server
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Certificates for a TLS-only server (also presented as its client certificate
+    when it connects to another server: Sentinel, replication)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_lines(self) -> list[str]:
+        return [
+            "port 0",
+            f"tls-cert-file {self.cert}",
+            f"tls-key-file {self.key}",
+            f"tls-ca-cert-file {self.ca}",
+            "tls-replication yes",
+            "tls-auth-clients yes",
+        ]
+
+    def client(self) -> dict[str, object]:
+        """redis-py's options to reach such a server."""
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.cert),
+            "ssl_keyfile": str(self.key),
+        }
+
+    def query(self) -> str:
+        return f"ssl_ca_certs={self.ca}&ssl_certfile={self.cert}&ssl_keyfile={self.key}"
+
+
+@dataclass(frozen=True)
+class Passwords:
+    """requirepass of the data nodes (and masterauth), and of the sentinels."""
+
+    data: str
+    sentinel: str
+
+
+def redis_client(port: int, tls: TlsFiles | None, password: str | None = None) -> Any:
+    import redis
+
+    return redis.Redis(
+        port=port, socket_timeout=2, password=password, **(tls.client() if tls else {})
+    )
+
+
+class ConfiguredRedis(RedisServer):
+    """A redis-server started from a config file of its own, without persistence:
+    Sentinel rewrites the file on a failover (replicaof), so a restart keeps the role
+    Sentinel gave it, as a managed server would."""
+
+    def __init__(
+        self,
+        directory: Path,
+        replica_of: int | None = None,
+        tls: TlsFiles | None = None,
+        password: str | None = None,
+        sync_delay: int | None = None,
+    ) -> None:
+        """`sync_delay`: repl-diskless-sync-delay, seconds a full sync waits for more
+        replicas (Redis's default: 5)."""
+        self.replica_of, self.tls, self.data_password = replica_of, tls, password
+        self.sync_delay = sync_delay
+        self.conf: Path | None = None
+        super().__init__(directory)
+
+    def start(self) -> None:
+        if self.conf is None:
+            home = self.directory / f"redis-{self.port}"
+            home.mkdir(parents=True, exist_ok=True)
+            self.conf = home / "redis.conf"
+            lines = [
+                f"tls-port {self.port}" if self.tls else f"port {self.port}",
+                "bind 127.0.0.1",
+                'save ""',
+                "appendonly no",
+                f"dir {home}",
+                *(self.tls.server_lines() if self.tls else []),
+            ]
+            if self.sync_delay is not None:
+                lines.append(f"repl-diskless-sync-delay {self.sync_delay}")
+            if self.data_password:
+                lines += [f"requirepass {self.data_password}", f"masterauth {self.data_password}"]
+            if self.replica_of is not None:
+                lines.append(f"replicaof 127.0.0.1 {self.replica_of}")
+            self.conf.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.started_at = time.monotonic()
+        wait_for_port(self.port)
+
+    def role(self) -> str:
+        with redis_client(self.port, self.tls, self.data_password) as client:
+            return str(client.info("replication")["role"])
+
+
+class SentinelServer(ServerProcess):
+    """One redis-server --sentinel watching `primary` under the name `service`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        primary: int,
+        service: str,
+        down_after_ms: int = 1000,
+        tls: TlsFiles | None = None,
+        passwords: Passwords | None = None,
+        known: tuple[list[tuple[int, str]], list[int]] = ([], []),
+    ) -> None:
+        """`known`: (port, id) of the sentinel itself and its peers, and the replicas'
+        ports, written into its configuration so that it need not wait for the others'
+        hello messages (every 2 s) to know them."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server")
+        self.binary = str(binary)
+        sentinels, replicas = known
+        self.port = sentinels[0][0] if sentinels else free_port()
+        home = directory / f"sentinel-{self.port}"
+        home.mkdir(parents=True)
+        self.conf = home / "sentinel.conf"  # Sentinel keeps its state here: writable
+        self.conf.write_text(
+            "\n".join(
+                [
+                    f"tls-port {self.port}" if tls else f"port {self.port}",
+                    "bind 127.0.0.1",
+                    f"dir {home}",
+                    *(tls.server_lines() if tls else []),
+                    f"sentinel monitor {service} 127.0.0.1 {primary} 2",
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                    f"sentinel failover-timeout {service} 5000",
+                    f"sentinel parallel-syncs {service} 1",
+                    *([f"sentinel myid {sentinels[0][1]}"] if sentinels else []),
+                    *(
+                        f"sentinel known-sentinel {service} 127.0.0.1 {port} {peer}"
+                        for port, peer in sentinels[1:]
+                    ),
+                    *(f"sentinel known-replica {service} 127.0.0.1 {port}" for port in replicas),
+                    *(
+                        [
+                            f"requirepass {passwords.sentinel}",
+                            f"sentinel sentinel-pass {passwords.sentinel}",
+                            f"sentinel auth-pass {service} {passwords.data}",
+                        ]
+                        if passwords
+                        else []
+                    ),
+                ]
+            )
+            + "\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+
+class SentinelGroup:
+    """A primary, its replica and three sentinels on loopback (ports of their own)."""
+
+    SERVICE = "coordinator-test"
+
+    def __init__(
+        self,
+        directory: Path,
+        replicas: int = 1,
+        tls: TlsFiles | None = None,
+        passwords: Passwords | None = None,
+        sync_delay: int | None = None,
+    ) -> None:
+        self.directory, self.tls, self.passwords = directory, tls, passwords
+        data = passwords.data if passwords else None
+        self.sentinels: list[SentinelServer] = []
+        self.primary = ConfiguredRedis(directory, None, tls, data, sync_delay)
+        self.servers = [self.primary]
+        try:
+            for _ in range(replicas):
+                self.servers.append(
+                    ConfiguredRedis(directory, self.primary.port, tls, data, sync_delay)
+                )
+            ids = [(free_port(), secrets.token_hex(20)) for _ in range(3)]
+            replica_ports = [server.port for server in self.servers[1:]]
+            for i in range(3):
+                self.sentinels.append(
+                    SentinelServer(
+                        directory,
+                        self.primary.port,
+                        self.SERVICE,
+                        tls=tls,
+                        passwords=passwords,
+                        known=([ids[i], *ids[:i], *ids[i + 1 :]], replica_ports),
+                    )
+                )
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        auth = f":{self.passwords.data}@" if self.passwords else ""
+        query = [self.tls.query()] if self.tls else []
+        if self.passwords:
+            query.append(f"sentinel_password={self.passwords.sentinel}")
+        tail = "?" + "&".join(query) if query else ""
+        return f"{scheme}://{auth}{hosts}/{self.SERVICE}/0{tail}"
+
+    def _client(self, port: int) -> Any:
+        """A connection to a sentinel or a data node of the group, TLS and password as
+        it needs."""
+        to_sentinel = any(s.port == port for s in self.sentinels)
+        password = None
+        if self.passwords:
+            password = self.passwords.sentinel if to_sentinel else self.passwords.data
+        return redis_client(port, self.tls, password)
+
+    def ask(self, *command: str | int) -> object:
+        """A command to the first sentinel that answers."""
+        import redis
+
+        for sentinel in self.sentinels:
+            try:
+                with self._client(sentinel.port) as client:
+                    return client.execute_command(*command)
+            except redis.ConnectionError:
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def primary_port(self) -> int | None:
+        """The primary's port as every live sentinel names it, or None while they differ."""
+        import redis
+
+        seen = set()
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            try:
+                with self._client(sentinel.port) as client:
+                    addr = client.sentinel_get_master_addr_by_name(self.SERVICE)
+            except redis.ConnectionError:
+                continue
+            seen.add(int(addr[1]) if addr else None)
+        return seen.pop() if len(seen) == 1 else None
+
+    def server(self, port: int) -> ConfiguredRedis:
+        return next(s for s in self.servers if s.port == port)
+
+    def current_primary(self) -> ConfiguredRedis:
+        port = self.primary_port()
+        assert port is not None, "the sentinels disagree on the primary"
+        return self.server(port)
+
+    def replicas_in_sync(self) -> bool:
+        """Every server up, one primary that Sentinel names, its replicas online, and
+        every sentinel seeing the others and every replica."""
+        import redis
+
+        port = self.primary_port()
+        if port is None or any(s.process is None for s in self.servers):
+            return False
+        try:
+            replicas = len(self.servers) - 1
+            with self._client(port) as client:
+                info = client.info("replication")
+                if info.get("role") != "master":
+                    return False
+                online = [
+                    v
+                    for k, v in info.items()
+                    if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+                ]
+                if len(online) != replicas:
+                    return False
+                # Online is not yet acknowledging writes (a replica loading its copy).
+                client.set("sentinel-group-check", "1")
+                if client.wait(replicas, 200) < replicas:
+                    return False
+            for sentinel in self.sentinels:
+                with self._client(sentinel.port) as client:
+                    master = client.sentinel_master(self.SERVICE)
+                if int(master["num-other-sentinels"]) != len(self.sentinels) - 1:
+                    return False
+                if int(master["num-slaves"]) != len(self.servers) - 1:
+                    return False
+        except redis.ConnectionError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        start = time.monotonic()
+        while not self.replicas_in_sync():
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"the sentinel group did not settle within {timeout}s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.close()

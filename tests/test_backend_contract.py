@@ -55,6 +55,25 @@ def test_holder_reports_who_holds_it(make_backend: Make) -> None:
     assert backend.holder("x") is None
 
 
+def test_a_refused_contender_learns_who_holds_it(make_backend: Make, store: Store) -> None:
+    holder, standby = make_backend(), make_backend()
+    lease = holder.acquire("x", info("node-a"))
+    assert lease is not None
+    if store.kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(store.url)
+        reads = client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+    assert standby.acquire("x", info("node-b")) is None
+    seen = standby.refused_by("x")
+    assert seen is not None
+    assert (seen.node_id, seen.fencing_token) == ("node-a", lease.fencing_token)
+    if store.kind == "redis":  # the refusal carried the holder: no second read
+        assert client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0) == reads
+        client.close()
+    holder.release(lease)
+
+
 def test_renew_extends_the_deadline(make_backend: Make) -> None:
     backend = make_backend()
     lease = backend.acquire("x", info())

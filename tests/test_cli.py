@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.cluster import run_cli
+from coordinator import options
+from tests.cluster import ROOT, run_cli
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -14,25 +16,35 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_help_shows_every_option_with_its_env_var() -> None:
-    result = run("--help")
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
-    for option, var in [
-        ("--backend", "COORDINATOR_BACKEND"),
-        ("--url", "COORDINATOR_URL"),
-        ("--name", "COORDINATOR_NAME"),
-        ("--ttl", "COORDINATOR_TTL"),
-        ("--grace", "COORDINATOR_GRACE"),
-        ("--node-id", "COORDINATOR_NODE_ID"),
-        ("--wait-timeout", "COORDINATOR_WAIT_TIMEOUT"),
-        ("--safety-delay", "COORDINATOR_SAFETY_DELAY"),
-        ("--key-prefix", "COORDINATOR_KEY_PREFIX"),
-        ("--log-level", "COORDINATOR_LOG_LEVEL"),
-        ("--log-format", "COORDINATOR_LOG_FORMAT"),
-        ("--metrics-address", "COORDINATOR_METRICS_ADDRESS"),
-        ("--status-file", "COORDINATOR_STATUS_FILE"),
-    ]:
-        assert option in text and var in text, option
+    for command, words in ((options.RUN, ()), (options.STATUS, ("status",))):
+        result = run(*words, "--help")
+        assert result.returncode == 0
+        text = " ".join(result.stdout.split())
+        for option in options.for_command(command):
+            assert option.name in text, option
+            assert option.env in text, option
+            assert " ".join(option.help.split()) in text, option
+
+
+def test_the_readme_option_table_is_the_parsers() -> None:
+    """README.md's table of options says what coordinator/options.py declares: each
+    option of `coordinator`, its short form, variable and default, in that order."""
+    readme = (Path(ROOT) / "README.md").read_text()
+    section = readme.split("## Options", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        [cell.strip().replace("`", "") for cell in line.strip("|").split("|")[:3]]
+        for line in section.splitlines()
+        if line.startswith("| `--")
+    ]
+    wanted = [
+        [
+            ", ".join(filter(None, (option.name, option.short))),
+            option.env,
+            options.shown_default(option),
+        ]
+        for option in options.for_command(options.RUN)
+    ]
+    assert rows == wanted
 
 
 def test_env_vars_are_read(tmp_path: Path) -> None:
@@ -77,12 +89,26 @@ def test_default_name_comes_from_the_command(tmp_path: Path) -> None:
 
 
 def test_shell_completion_completes_options() -> None:
-    result = run(
-        env={
-            "_COORDINATOR_COMPLETE": "complete_bash",
-            "COMP_WORDS": "coordinator --ba",
-            "COMP_CWORD": "1",
-        }
-    )
-    assert result.returncode == 0
-    assert "--backend" in result.stdout
+    words = {"COMP_WORDS": "coordinator --ba", "COMP_CWORD": "1"}
+    result = run(env={"_COORDINATOR_COMPLETE": "bash_complete", **words})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["plain,--backend"]
+    # The script installed by earlier versions asks in typer's words, for bare words.
+    result = run(env={"_COORDINATOR_COMPLETE": "complete_bash", **words})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["--backend"]
+
+
+def test_completion_is_shown_and_installed(tmp_path: Path) -> None:
+    env = {"SHELL": "/bin/bash", "HOME": str(tmp_path)}
+    shown = run("--show-completion", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "_COORDINATOR_COMPLETE=bash_complete" in shown.stdout
+    installed = run("--install-completion", env=env)
+    assert installed.returncode == 0, installed.stderr
+    script = tmp_path / ".bash_completions" / "coordinator.sh"
+    assert script.read_text().strip() == shown.stdout.strip()
+    assert f"source {script}" in (tmp_path / ".bashrc").read_text()
+    unknown = run("--show-completion", env={"SHELL": "/bin/tcsh"})
+    assert unknown.returncode == 2
+    assert re.search(r"cannot tell which shell .*tcsh", unknown.stderr), unknown.stderr

@@ -391,3 +391,41 @@ def test_request_budget_of_an_idle_holder_and_standby(consul_url: str, tmp_path:
     assert per_ttl["holder"] <= 3.4, holder  # 3, or 4 in a window that catches one more
     assert set(holder) == {"PUT /v1/agent/check/pass/ID"}, holder
     assert per_ttl["standby"] <= 1.0, waiting
+
+
+def test_many_standbys_wake_without_creating_or_destroying_sessions(consul_url: str) -> None:
+    """Standbys keep a ready session: when a release wakes them all, each sends one
+    transaction with it, one wins with its own, and no session is created or ended
+    except the old holder's."""
+    import threading
+
+    store = Store("consul", consul_url, f"test-{uuid.uuid4().hex[:8]}/")
+    holder = store.backend("h", ttl=TTL, grace=1.0)
+    standbys = [store.backend("h", ttl=TTL, grace=1.0) for _ in range(8)]
+    try:
+        lease = holder.acquire("h", HolderInfo(node_id="holder"))
+        assert lease is not None
+        for standby in standbys:
+            assert standby.acquire("h", HolderInfo(node_id="standby")) is None
+        before = {s["ID"] for s in api(consul_url, "GET", "/v1/session/list")}
+        won: list[Lease] = []
+
+        def contend(backend: Backend) -> None:
+            backend.wait("h", TTL)
+            if (got := backend.acquire("h", HolderInfo(node_id="standby"))) is not None:
+                won.append(got)
+
+        threads = [threading.Thread(target=contend, args=(b,)) for b in standbys]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # every standby in its blocking query
+        holder.release(lease)
+        for thread in threads:
+            thread.join(timeout=TTL + 5)
+        after = {s["ID"] for s in api(consul_url, "GET", "/v1/session/list")}
+        assert len(won) == 1, won
+        assert won[0].token in before  # its ready session
+        assert after == before - {lease.token}, (before, after)
+    finally:
+        for backend in [holder, *standbys]:
+            backend.close()

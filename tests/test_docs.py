@@ -57,3 +57,18 @@ def test_troubleshooting_explains_every_log_line() -> None:
     lines = (Path(ROOT) / "docs" / "troubleshooting.md").read_text().splitlines()
     missing = [p for p in patterns if not any(re.search(p, line) for line in lines)]
     assert not missing, f"lines not explained in docs/troubleshooting.md: {missing}"
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A marker left by a merge makes a document say two things at once."""
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    root = Path(ROOT)
+    files = [*root.glob("*.md"), *root.glob("*.toml")]
+    for folder in ("coordinator", "tests", "benchmarks", "compose", "scripts", "docs", ".ci"):
+        files += [path for path in (root / folder).rglob("*") if path.is_file()]
+    found = [
+        str(path.relative_to(root))
+        for path in files
+        if "__pycache__" not in path.parts and marker.search(path.read_text(errors="replace"))
+    ]
+    assert found == []

@@ -1,5 +1,6 @@
 """PgBouncer in front of a real server: session pooling carries the lock (handover and
-crash failover with the flock probe); transaction pooling is refused with exit code 3."""
+crash failover with the flock probe); transaction and statement pooling are refused
+with exit code 3."""
 
 from __future__ import annotations
 
@@ -61,10 +62,13 @@ def test_session_pooling_hands_over_and_fails_over(pooler: PgBouncer, tmp_path: 
         cluster.stop_all()
 
 
-def test_transaction_pooling_is_refused_with_exit_3(pooler: PgBouncer) -> None:
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_transaction_and_statement_pooling_are_refused_with_exit_3(
+    pooler: PgBouncer, mode: str
+) -> None:
     start = time.monotonic()
     done = run_cli(
-        "--backend", "postgres", "--url", pooler.url_for("transaction"), "--ttl", "3",
+        "--backend", "postgres", "--url", pooler.url_for(mode), "--ttl", "3",
         "--grace", "1", "--name", "pooled", "--", "true", timeout=30,
     )  # fmt: skip
     took = time.monotonic() - start

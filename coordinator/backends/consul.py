@@ -9,10 +9,16 @@
   destroyed or a key deleted out of band ends it at once, the supervisor renews at
   once and learns the lease is lost. So the lock-delay only covers the holder's own
   stop: call timeout + grace + margin (docs/safety.md derives it).
-- Acquire: one transaction checks that the key is unchanged (or absent) and locks it.
-  A standby reuses what its blocking query just read, and a session that lost a race
-  for the next tries while its check still passes.
-- Release unlocks the key (no lock-delay), destroys the session and removes the check.
+- A standby keeps a ready session, tied to a check of its own with a long TTL
+  (STANDBY_TTLS x ttl), and one blocking query open on the key. Every STANDBY_PASS
+  ttls it passes the check and sends the query again: under one request per ttl.
+- Acquire: one transaction checks that the key is unchanged (or absent) and locks it
+  with the ready session, then the check is registered again with the ttl. A standby
+  that loses the race keeps its session (no create/destroy storm) and pauses a moment,
+  out of step with the others, before it reads the key: the winner's child starts
+  among every standby the release woke.
+- Release unlocks the key (no lock-delay) and removes the check, which ends the
+  session.
 - Fencing token: Flags + the Raft index of the write that locked the key. Flags is a
   base (OFFSET, above the wall-clock tokens of earlier versions) kept across
   releases; the Raft index only grows, whoever writes, whatever the clocks say. If
@@ -62,8 +68,15 @@ BACKSTOP_TTLS = 30
 WATCH_WAIT = 300.0
 # A free key that cannot be locked is inside its lock-delay: look again this often.
 FREE_POLL = 0.25
-# How long a session that lost a race may be reused: its check still passes.
-SPARE_FOR = 0.5  # in ttls
+# After losing a race for a released key, a standby pauses this long (in ttls, with
+# jitter) before it reads the key again.
+LOST_RACE_PAUSE = 0.2
+# A standby's check: its TTL, and how often the standby passes it and sends its
+# blocking query again, in ttls. A pass is due after STANDBY_PASS ttls and forced
+# after STANDBY_PASS + 0.5 even with the query still open; the standby looks at least
+# once a ttl (plus a call timeout), so the check is passed by 4.5 ttls at the latest.
+STANDBY_TTLS = 5.0
+STANDBY_PASS = 3.0
 # The servers do not know our check yet, or still know it as critical.
 CHECK_NOT_SYNCED = re.compile(r"Missing check|in critical state")
 SESSION_TTL_MAX = 86400.0  # Consul refuses longer session TTLs (24 h)
@@ -176,13 +189,19 @@ class ConsulBackend(Backend):
         self._lock = threading.Lock()
         self._index: dict[str, int] = {}  # blocking-query index per key
         self._read_at: dict[str, tuple[float, int, dict[str, Any] | None]] = {}
+        self._known: dict[str, dict[str, Any] | None] = {}  # the entry at _index
         self._free_seen: set[str] = set()  # free keys we failed to lock (lock-delay)
+        self._lost_race: set[str] = set()  # the key changed under our transaction
         self._seen: dict[str, int] = {}  # the highest token seen or handed out, per name
         self._checks: set[str] = set()  # checks registered by this process
         self._passed: dict[str, float] = {}  # check -> when its last pass was sent
+        self._check_ttl: dict[str, float] = {}  # check -> the TTL it was registered with
         self._cleaned = False
         self._instance = uuid.uuid4().hex[:12]
-        self._spare: dict[str, str] = {}  # name -> a session that lost a race
+        self._ready: dict[str, str] = {}  # name -> a standby's ready session
+        self._standby_watch: dict[str, Watch] = {}  # name -> a standby's blocking query
+        # check -> the registration with the ttl sent at acquisition, and when
+        self._shortening: dict[str, tuple[http.client.HTTPConnection, float]] = {}
         self._base: dict[str, int] = {}  # session -> the Flags its lock wrote
         self._renewed: dict[str, float] = {}  # session -> last session renewal
         self._watch: dict[str, Watch] = {}  # session -> its watch
@@ -283,19 +302,24 @@ class ConsulBackend(Backend):
         else:
             self._http("PUT", f"/v1/agent/check/deregister/{check_id}")
 
-    def _register_check(self, name: str) -> str:
+    def _register_check(self, name: str, ttl: float) -> str:
+        """Register our service and its TTL check (passing) with `ttl`. Registering
+        again with another TTL keeps the check's status and restarts its timer: the
+        session tied to it lives on."""
+        sent = time.monotonic()
+        self._http("PUT", "/v1/agent/service/register", body=json.dumps(self._service(name, ttl)))
         check_id = self.check_id(name)
-        if check_id in self._checks:
-            # Registered before: registering again would keep its status (critical, if
-            # it expired since), so pass it instead.
-            sent = time.monotonic()
-            if self._http("PUT", f"/v1/agent/check/pass/{check_id}").code == 200:
-                self._passed[check_id] = sent
-                return check_id
+        self._checks.add(check_id)
+        self._passed[check_id] = sent
+        self._check_ttl[check_id] = ttl
+        return check_id
+
+    def _service(self, name: str, ttl: float) -> dict[str, Any]:
+        check_id = self.check_id(name)
         # The check belongs to a service of its own: a node check left critical (by a
         # standby that stopped passing it, or a killed supervisor) would take every
         # service of the node out of `?passing` health queries and DNS.
-        service = {
+        return {
             "ID": check_id,
             "Name": "coordinator",
             "Meta": {"lock": one_line(self.key(name), 500), "node_id": one_line(self.node, 500)},
@@ -303,18 +327,34 @@ class ConsulBackend(Backend):
                 "CheckID": check_id,
                 "Name": one_line(f"coordinator {self.node} {self.key(name)}", 200),
                 "Notes": "held by a coordinator supervisor; it passes this at each renewal",
-                "TTL": f"{int(self.ttl * 1000)}ms",
+                "TTL": f"{int(ttl * 1000)}ms",
                 "Status": "passing",
             },
         }
+
+    def _pass(self, check_id: str) -> bool:
+        """Pass our check; False if the agent no longer has it (restarted without its
+        state, or an operator removed it), which invalidated the session."""
         sent = time.monotonic()
-        self._http("PUT", "/v1/agent/service/register", body=json.dumps(service))
-        self._checks.add(check_id)
+        if self._http_renewal("PUT", f"/v1/agent/check/pass/{check_id}").code == 404:
+            self._checks.discard(check_id)
+            return False
         self._passed[check_id] = sent
-        return check_id
+        return True
+
+    def _check_ends(self, check_id: str) -> float:
+        """The earliest moment our check can turn critical, by our own clock."""
+        return self._passed.get(check_id, 0.0) + self._check_ttl.get(check_id, 0.0)
 
     def _create_session(self, name: str) -> str:
-        check_id = self._register_check(name)
+        """A standby's ready session: tied to a fresh check with the standby's long TTL
+        (an acquisition shortens it to the ttl)."""
+        check_id = self.check_id(name)
+        if check_id in self._checks:
+            # A check left from an earlier lease may be critical, and registering
+            # again would keep that status: start afresh.
+            self._deregister(name)
+        check_id = self._register_check(name, STANDBY_TTLS * self.ttl)
         spec = {
             "Name": one_line(f"coordinator {self.node}", 128),
             # An empty list, not none: Consul's default is serfHealth.
@@ -342,6 +382,42 @@ class ConsulBackend(Backend):
             self._renewed[session] = time.monotonic()
             return session
 
+    def _ready_session(self, name: str) -> str:
+        """The standby's ready session while its check surely passes, else a new one."""
+        session = self._ready.pop(name, None)
+        check_id = self.check_id(name)
+        now = time.monotonic()
+        if (
+            session is not None
+            and self._check_ends(check_id) > now + self.timeout
+            and now - self._renewed.get(session, 0.0) < self.backstop - self.timeout
+        ):
+            return session
+        if session is not None:
+            self._forget(session)  # its check or TTL ended it, or will
+        return self._create_session(name)
+
+    def _keep_ready(self, name: str, watching: bool) -> None:
+        """A standby's upkeep, called at least once a ttl: pass its check every
+        STANDBY_PASS ttls (with the blocking query's re-send, or alone when the query
+        is still open past its time), renew the session every half backstop."""
+        session = self._ready.get(name)
+        if session is None:
+            return
+        check_id = self.check_id(name)
+        now = time.monotonic()
+        since = now - self._passed.get(check_id, 0.0)
+        due = STANDBY_PASS * self.ttl
+        late = due + 0.5 * self.ttl if watching else due - 0.5 * self.ttl
+        if since >= late and not self._pass(check_id):
+            self._forget(self._ready.pop(name))
+            return
+        if now - self._renewed.get(session, 0.0) > self.backstop / 2:
+            if self._http_renewal("PUT", f"/v1/session/renew/{session}").code == 404:
+                self._forget(self._ready.pop(name))
+                return
+            self._renewed[session] = now
+
     def _destroy(self, session: str) -> None:
         # On failure the session ends by itself once its check turns critical.
         self._forget(session)
@@ -349,7 +425,10 @@ class ConsulBackend(Backend):
             self._http("PUT", f"/v1/session/destroy/{session}")
 
     def _deregister(self, name: str) -> None:
+        """Remove our check and its service: that also invalidates a session tied to it
+        (without a lock-delay on keys it no longer holds)."""
         check_id = self.check_id(name)
+        self._drop_shorten(check_id)
         if check_id in self._checks:
             with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
                 self._unregister(check_id, check_id)
@@ -357,16 +436,31 @@ class ConsulBackend(Backend):
 
     # -- the contract -----------------------------------------------------------------
 
+    def _current(self, name: str) -> tuple[int, dict[str, Any] | None]:
+        """The key as a standby last saw it, when that is still true, else a read: what
+        a blocking query returned moments ago, or what it was sent with while it is
+        still open (the key has not changed since)."""
+        at, index, entry = self._read_at.pop(name, (0.0, 0, None))
+        if time.monotonic() - at <= 0.5:
+            return index, entry
+        watch = self._standby_watch.get(name)
+        if watch is not None and name in self._known:
+            if not watch.ready() and not watch.overdue():
+                return self._index[name], self._known[name]
+            if self._consume(name):
+                return self._index[name], self._known[name]
+        return self._read(name)
+
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         key = self.key(name)
-        at, index, entry = self._read_at.pop(name, (0.0, 0, None))
-        if time.monotonic() - at > 0.5:
-            # Nothing fresh from a standby's blocking query: read now.
-            index, entry = self._read(name)
-        self._index[name] = index
+        index, entry = self._current(name)
+        self._index[name], self._known[name] = index, entry
         self._clean_checks()
         if entry is not None and entry.get("Session"):
             self._refused_by[name] = entry
+            if name not in self._ready:
+                # Standing by: make the session now, not when the key frees.
+                self._ready[name] = self._ready_session(name)
             return None
         flags = int(entry.get("Flags") or 0) if entry else 0
         base = flags if flags >= OFFSET else OFFSET
@@ -374,30 +468,53 @@ class ConsulBackend(Backend):
         if base + read_index <= self._seen.get(name, 0):
             # Consul's index went back (it lost its data): stay above what we saw.
             base = self._seen[name]
-        session = self._spare_session(name)
-        sent = time.monotonic()
-        # The check, not the session, ends the lease: a ttl after it was last passed.
-        deadline = self._passed.get(self.check_id(name), sent) + self.ttl
         value = base64.b64encode(info.to_json().encode()).decode()
         check: dict[str, Any] = (
             {"Verb": "check-index", "Key": key, "Index": int(entry["ModifyIndex"])}
             if entry is not None
             else {"Verb": "check-not-exists", "Key": key}
         )
-        lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": base, "Session": session}
-        try:
-            reply = self._http("PUT", "/v1/txn", body=json.dumps([{"KV": check}, {"KV": lock}]))
-        except BackendUnavailable:
-            self._destroy(session)
-            raise
+        check_id = self.check_id(name)
+        for attempt in (1, 2):  # a second time with a new session if the agent lost ours
+            session = self._ready_session(name)
+            sent = time.monotonic()
+            if self._check_ends(check_id) < sent + self.ttl + self.timeout and not self._pass(
+                check_id
+            ):
+                self._forget(session)
+                if attempt == 1:
+                    continue
+                raise BackendUnavailable(f"consul at {self.where}: the agent lost our check")
+            # The check, not the session, ends the lease: it passes until at least a ttl
+            # from now (its TTL is still the standby's, longer).
+            deadline = min(self._check_ends(check_id), sent + self.ttl)
+            lock = {"Verb": "lock", "Key": key, "Value": value, "Flags": base, "Session": session}
+            try:
+                body = json.dumps([{"KV": check}, {"KV": lock}])
+                reply = self._http("PUT", "/v1/txn", body=body)
+            except BackendUnavailable:
+                self._ready[name] = session  # it may have locked: the key tells next time
+                raise
+            if reply.code == 409 and "invalid session" in reply.body.lower() and attempt == 1:
+                self._forget(session)  # the agent restarted without it, or it expired
+                continue
+            break
         if reply.code == 409:
-            # Rolled back: the key changed, or it is free but inside its lock-delay. The
-            # session stays for the next try while its check passes.
-            self._spare[name] = session
-            self._free_seen.add(name)
-            if "lock delay" in reply.body:
-                # Nothing changed on the key: the next try need not read it again.
+            text = reply.body.lower()
+            if "lock delay" in text:
+                # Free, but inside its lock-delay; nothing changed on the key, so the
+                # next try need not read it again.
+                self._ready[name] = session
+                self._free_seen.add(name)
                 self._read_at[name] = (time.monotonic(), index, entry)
+            elif "invalid session" in text:
+                self._forget(session)  # invalidated meanwhile: a new one next time
+                self._free_seen.add(name)
+            else:
+                # The key changed under us: another standby won the race. Keep the
+                # session for the next handoff.
+                self._ready[name] = session
+                self._lost_race.add(name)
             return None
         if reply.code != 200:
             self._destroy(session)
@@ -407,29 +524,51 @@ class ConsulBackend(Backend):
         token = base + modify
         self._seen[name] = max(self._seen.get(name, 0), token)
         self._base[session] = base
+        if (watch := self._standby_watch.pop(name, None)) is not None:
+            watch.close()
         self._arm(name, session, modify)
+        # The check ends the lease a ttl after a crash, not STANDBY_TTLS ttls: give it
+        # the ttl now (its timer restarts), without waiting for the answer, which the
+        # first renewal reads. The child starts meanwhile.
+        self._shorten(name)
         # A missing key means first use of the name, or Consul lost its data.
         reset = "" if entry is not None else "consul had no record of this lock key"
         return Lease(name, session, token, deadline, state_reset=reset)
 
-    def _spare_session(self, name: str) -> str:
-        """A session that lost a race moments ago (its check still passes), or a new one."""
-        session = self._spare.pop(name, None)
-        if session is not None:
-            age = time.monotonic() - self._passed.get(self.check_id(name), 0.0)
-            if age < SPARE_FOR * self.ttl:
-                return session
-            if age < 2 * self.ttl:  # older ones ended with their check
-                self._destroy(session)
-        return self._create_session(name)
+    def _shorten(self, name: str) -> None:
+        """Send the registration of our check with the ttl on a connection of its own."""
+        check_id = self.check_id(name)
+        self._drop_shorten(check_id)
+        sent = time.monotonic()
+        body = json.dumps(self._service(name, self.ttl)).encode()
+        conn = self._send("PUT", "/v1/agent/service/register", body)
+        if conn is not None:
+            self._shortening[check_id] = (conn, sent)
 
-    def _arm(self, name: str, session: str, index: int) -> None:
-        """Send the blocking query on our key; a failure leaves renew() to read instead."""
-        old = self._watch.pop(session, None)
-        if old is not None:
-            old.close()
-        query = urlencode({"index": index, "wait": f"{int(WATCH_WAIT)}s"})
-        path = f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}"
+    def _shortened(self, check_id: str) -> bool:
+        """True if the registration _shorten() sent succeeded: the check has the ttl."""
+        conn, sent = self._shortening.pop(check_id, (None, 0.0))
+        if conn is None:
+            return False
+        try:
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException):
+            status = 0
+        finally:
+            conn.close()
+        if status != 200:
+            return False
+        self._passed[check_id], self._check_ttl[check_id] = sent, self.ttl
+        return True
+
+    def _drop_shorten(self, check_id: str) -> None:
+        conn, _ = self._shortening.pop(check_id, (None, 0.0))
+        if conn is not None:
+            conn.close()
+
+    def _send(self, method: str, path: str, body: bytes | None = None) -> Any:
+        """Send a request on a connection of its own and return the connection (its
+        answer is read later), or None if it could not be sent."""
         conn: http.client.HTTPConnection
         if self.scheme == "https":
             context = ssl.create_default_context(
@@ -446,10 +585,27 @@ class ConsulBackend(Backend):
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request("GET", path, headers=self._headers())
-            self._watch[session] = Watch(conn, WATCH_WAIT)
+            conn.request(method, path, body=body, headers=self._headers())
+            return conn
         except (OSError, http.client.HTTPException):
             conn.close()
+            return None
+
+    def _send_query(self, name: str, index: int, wait: float) -> Watch | None:
+        """A blocking query on the key, on a connection of its own; None if it could not
+        be sent."""
+        query = urlencode({"index": index, "wait": f"{int(wait * 1000)}ms"})
+        conn = self._send("GET", f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}")
+        return None if conn is None else Watch(conn, wait)
+
+    def _arm(self, name: str, session: str, index: int) -> None:
+        """Send the holder's blocking query on its key; a failure leaves renew() to read
+        instead."""
+        old = self._watch.pop(session, None)
+        if old is not None:
+            old.close()
+        if (watch := self._send_query(name, index, WATCH_WAIT)) is not None:
+            self._watch[session] = watch
 
     def _check_watch(self, lease: Lease) -> bool:
         """Read the watch if it answered. True when it still stands (the key is ours
@@ -487,6 +643,7 @@ class ConsulBackend(Backend):
                 return self._renew(lease)
             except LeaseLost:
                 self._forget(lease.token)
+                self._deregister(lease.name)  # its session is gone: so goes the check
                 raise
 
     def _forget(self, session: str) -> None:
@@ -498,12 +655,16 @@ class ConsulBackend(Backend):
     def _renew(self, lease: Lease) -> Lease:
         check_id = self.check_id(lease.name)
         sent = time.monotonic()
-        reply = self._http_renewal("PUT", f"/v1/agent/check/pass/{check_id}")
-        if reply.code == 404:
+        if self._check_ttl.get(check_id) != self.ttl and not self._shortened(check_id):
+            # The acquisition could not shorten the check's TTL from the standby's:
+            # do it now. Registering it again with the ttl keeps its status and restarts
+            # its timer (a pass); if the agent had forgotten it, the watch or the read
+            # below finds the session gone.
+            self._http_renewal_register(lease.name)
+        elif not self._pass(check_id):
             # The agent forgot our check (restarted without its state, or an
             # operator removed it): that invalidated the session.
             raise LeaseLost("the consul agent no longer has our check")
-        self._passed[check_id] = sent
         watching = self._check_watch(lease)
         # With serfHealth in the session, the servers can invalidate it while our agent,
         # cut off from them, still takes our check passes: renew the session (the
@@ -521,6 +682,12 @@ class ConsulBackend(Backend):
             self._arm(lease.name, lease.token, index)
         return Lease(lease.name, lease.token, lease.fencing_token, sent + self.ttl)
 
+    def _http_renewal_register(self, name: str) -> None:
+        try:
+            self._register_check(name, self.ttl)
+        except ConfigError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+
     def _http_renewal(self, method: str, path: str) -> Reply:
         """A renewal request: a refusal a holder cannot act on is "cannot tell", so it
         fences by its deadline rather than exiting with a child running."""
@@ -537,11 +704,15 @@ class ConsulBackend(Backend):
         holder = HolderInfo(node_id=self.node).to_json()
         base = self._base.get(lease.token, OFFSET)
         params = [("release", lease.token), ("flags", base)]
+        # The unlock first: it wakes the standbys. Removing the check then ends the
+        # session (one request fewer than destroying it too).
         self._http("PUT", f"/v1/kv/{self.key(lease.name)}", params, holder)
-        self._destroy(lease.token)
+        self._forget(lease.token)
         self._deregister(lease.name)
 
     def refused_by(self, name: str) -> HolderInfo | None:
+        if name in self._lost_race:
+            return None  # the winner, unknown yet: wait() reads the key a moment later
         entry = self._refused_by.pop(name, None)
         return self.holder(name) if entry is None else self._describe(entry)
 
@@ -557,26 +728,72 @@ class ConsulBackend(Backend):
         return HolderInfo.from_json(value, fencing_token=token_of(entry))
 
     def wait(self, name: str, timeout: float) -> None:
-        """A blocking query on the key: returns when it changes or `timeout` passes.
-        acquire() then uses what it read instead of reading again."""
-        last = self._index.get(name, 0)
-        if name in self._free_seen or last <= 0 or timeout < 0.1:
+        """Until the key changes or `timeout` passes, on a blocking query that stays
+        open across calls (re-sent every STANDBY_PASS ttls, with a pass of the ready
+        session's check). acquire() then uses what it returned, or, while it is still
+        open, what the key was when it was sent: no request of its own."""
+        if name in self._lost_race:
+            # Another standby won a race: its child starts now, among every standby
+            # the release woke. Stay out of its way a moment, out of step with the
+            # others, before reading the key and waiting again (a crash of the new
+            # holder takes at least the lock-delay to free the key anyway).
+            self._lost_race.discard(name)
+            time.sleep(min(timeout, LOST_RACE_PAUSE * self.ttl * random.uniform(0.5, 1.5)))
+            return
+        if name in self._free_seen or timeout < 0.1:
             self._free_seen.discard(name)
             # A free key we could not lock is inside its lock-delay; nothing will
             # change on it to end a blocking query, so look again shortly.
             time.sleep(min(timeout, FREE_POLL * random.uniform(0.8, 1.2)))
             return
-        index, entry = self._read(name, index=last, wait=f"{int(timeout * 1000)}ms")
+        watch = self._standby_watch.get(name)
+        if watch is not None and watch.overdue():
+            watch.close()
+            del self._standby_watch[name]
+            watch = None
+        self._keep_ready(name, watching=watch is not None)
+        if watch is None:
+            if name not in self._known:
+                self._index[name], self._known[name] = self._read(name)
+            watch = self._send_query(
+                name, self._index.get(name, 0), min(STANDBY_PASS * self.ttl, WATCH_WAIT)
+            )
+            if watch is None:
+                raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
+            self._standby_watch[name] = watch
+        if watch.ready(timeout):
+            self._consume(name)
+
+    def _consume(self, name: str) -> bool:
+        """Read the standby's blocking query's answer; True if it told what the key is."""
+        watch = self._standby_watch.pop(name)
+        try:
+            status, index, data = watch.result()
+        except (OSError, ValueError, http.client.HTTPException):
+            status, index, data = 0, 0, None
+        watch.close()
+        if status not in (200, 404):
+            self._known.pop(name, None)  # an agent restarting, no leader: read next time
+            return False
+        entry = data[0] if isinstance(data, list) and data else None
+        if entry is not None and entry.get("Session"):
+            self._seen[name] = max(self._seen.get(name, 0), token_of(entry))
         # Consul: an index that goes backwards is a reset; start over from 0.
+        last = self._index.get(name, 0)
         self._index[name] = index if index >= last else 0
+        self._known[name] = entry
         self._read_at[name] = (time.monotonic(), index, entry)
+        return True
 
     def close(self) -> None:
+        for check_id in list(self._shortening):
+            self._drop_shorten(check_id)
         for session in list(self._watch):
             self._watch.pop(session).close()
-        for session in list(self._spare.values()):
-            self._destroy(session)
-        self._spare.clear()
+        for name in list(self._standby_watch):
+            self._standby_watch.pop(name).close()
+        # Removing a check ends the ready session tied to it.
+        self._ready.clear()
         for check_id in list(self._checks):
             with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
                 self._unregister(check_id, check_id)

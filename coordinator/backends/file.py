@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 from coordinator.backends.base import Backend, HolderInfo, Lease, json_object
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendUnavailable, ConfigError, LeaseLost
+from coordinator.hashing import sha256
 
 POLL_INTERVAL = 0.05  # standby probe period: one local syscall, no server involved
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -91,7 +90,7 @@ def file_stem(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) and not name.startswith("."):
         return name
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:60]
-    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return f"{readable}-{sha256(name.encode()).hexdigest()[:16]}"
 
 
 class FileBackend(Backend):
@@ -184,7 +183,7 @@ class FileBackend(Backend):
         except OSError as exc:
             os.close(fd)
             raise BackendUnavailable(f"cannot write lock file {lock_path}: {exc}") from exc
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         self._held[token] = fd
         # A fresh lock file beside an existing counter means the lock file was removed
         # while someone may still have held it: its holder may not have noticed yet.
@@ -225,7 +224,7 @@ class FileBackend(Backend):
         token = max(self._read_counter(fence_name) + 1, time.time_ns() // 1_000_000)
         # A new file under a name nobody can guess, then renamed over the counter:
         # readers never see half a number, and nothing planted is written through.
-        tmp = f".{fence_name}.{secrets.token_hex(8)}.tmp"
+        tmp = f".{fence_name}.{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=self._dir)
         try:
             os.fchmod(fd, self._file_mode())

@@ -39,14 +39,14 @@ only after the child is reaped. No table, no DDL, no extra privilege.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import re
-import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -58,6 +58,7 @@ from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
+from coordinator.hashing import sha256
 
 REJECTED_STATES = {"28P01", "28000", "3D000", "42501", "3F000", "42883"}
 REJECTED_TEXT = re.compile(
@@ -141,7 +142,7 @@ def channel(key: int) -> str:
 
 
 def lock_key(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
 def key_parts(key: int) -> dict[str, int]:
@@ -191,6 +192,25 @@ class Held:
         return self.beacon_held and self.unflushed is None
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def serialized(
+    method: Callable[Concatenate[PostgresBackend, P], R],
+) -> Callable[Concatenate[PostgresBackend, P], R]:
+    """One call at a time. The supervisor abandons a call that overruns its timeout and
+    makes the next one on a new thread while the first may still run (events.Caller);
+    both would change the same connections (one dropping the lock connection under
+    the other). The next call waits, within its own timeout, for the first to end."""
+
+    def call(self: PostgresBackend, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._calls:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class PostgresBackend(Backend):
     name = "postgres"
 
@@ -207,6 +227,7 @@ class PostgresBackend(Backend):
         # seen was a graceful release, False after an acquisition; absent when unknown.
         self._released: dict[int, bool] = {}
         self._listening: set[int] = set()
+        self._calls = threading.RLock()  # see serialized(); close() does not wait
 
     # -- connections ------------------------------------------------------------
 
@@ -324,6 +345,7 @@ class PostgresBackend(Backend):
     def describe(self, name: str) -> str:
         return f"advisory lock {self.keys(name)[0]} ({self.prefix}{name}) on {self.where}"
 
+    @serialized
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         if name in self._held:
             return None  # not reentrant, unlike the server's advisory locks
@@ -378,7 +400,7 @@ class PostgresBackend(Backend):
             reset = f"the server started {uptime:.1f}s ago and advisory locks do not survive that"
         else:
             reset = self._recovered()
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         held = Held(token, key, int(fencing), beacon, now_pid, bool(beacon_free), unflushed)
         self._held[name] = held
         return Lease(
@@ -451,6 +473,7 @@ class PostgresBackend(Backend):
             row = self._run("_lock_conn", TOKEN, params)
         return int(row[0]), int(row[1]), float(row[2])
 
+    @serialized
     def renew(self, lease: Lease) -> Lease:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
@@ -491,6 +514,7 @@ class PostgresBackend(Backend):
                 "_beacon_conn", "SELECT pg_try_advisory_lock(%s)", (held.beacon,)
             )
 
+    @serialized
     def release(self, lease: Lease) -> None:
         held = self._held.get(lease.name)
         if held is None or held.token != lease.token:
@@ -507,10 +531,12 @@ class PostgresBackend(Backend):
             self._drop("_lock_conn")  # closing the session releases the lock too
             raise
 
+    @serialized
     def forget(self, lease: Lease) -> None:
         if not self._held:  # the child of the lost lease is reaped: the beacon can go
             self._drop("_beacon_conn")
 
+    @serialized
     def holder(self, name: str) -> HolderInfo | None:
         key, _ = self.keys(name)
         self._lock_connection()
@@ -527,6 +553,7 @@ class PostgresBackend(Backend):
             node_id=node, host=host or "local", pid=pid, since=started or 0.0, fencing_token=token
         )
 
+    @serialized
     def wait(self, name: str, timeout: float) -> None:
         """Block in pg_advisory_lock until the lock is ours or `timeout` passes."""
         if name in self._granted or name in self._held:

@@ -15,6 +15,9 @@ ago, gets a lease marked state_reset, and the supervisor waits its safety delay
 before starting the child. The fencing token is one more than the last, and never
 less than the server clock in milliseconds, so it keeps increasing across a loss of
 all data or a restore of older data.
+
+Behind Sentinel (redis+sentinel:// URLs), coordinator/backends/redis_sentinel.py adds
+what replication needs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -37,6 +39,7 @@ from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 
 DEFAULT_URL = "redis://localhost:6379/0"
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 
 NOW_MS = """
 local function now_ms()
@@ -48,8 +51,9 @@ end
 ACQUIRE = (
     NOW_MS
     + """
-if redis.call('exists', KEYS[1]) == 1 then
-  return {0, redis.call('pttl', KEYS[1]), 0, 0}
+local held = redis.call('get', KEYS[1])
+if held then  -- refused: who holds it comes along, so a standby needs no second read
+  return {0, redis.call('pttl', KEYS[1]), held, 0}
 end
 local now = now_ms()
 local reset = 0
@@ -154,6 +158,30 @@ def translate(exc: Exception, where: str) -> Exception:
     return BackendUnavailable(f"redis at {where}: {text}")
 
 
+def client_options(timeout: float) -> dict[str, Any]:
+    """How every connection is made: hard timeouts, and one attempt per call (the
+    supervisor decides when to retry)."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+
+
+def check_options(client: redis.Redis) -> None:
+    """Build (not connect) one connection: an unknown ?option= fails here."""
+    pool = client.connection_pool
+    pool.connection_class(**pool.connection_kwargs)
+
+
+def option_error(exc: Exception) -> str:
+    detail = str(exc)
+    if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w+)'", detail)):
+        detail = f"unknown option {bad.group(1)!r}"
+    return detail
+
+
 class RedisBackend(Backend):
     name = "redis"
 
@@ -162,27 +190,21 @@ class RedisBackend(Backend):
         self.ttl = ttl
         self.ttl_ms = int(ttl * 1000)
         self.prefix = prefix
-        try:
-            self.client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),  # one attempt per call: the supervisor retries
-                health_check_interval=0,
-            )
-            # Build (not connect) one connection: an unknown ?option= fails here.
-            pool = self.client.connection_pool
-            pool.connection_class(**pool.connection_kwargs)
-        except (ValueError, TypeError, redis.RedisError) as exc:
-            detail = str(exc)
-            if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w+)'", detail)):
-                detail = f"unknown option {bad.group(1)!r}"
-            raise ConfigError(f"malformed redis URL {self.where!r}: {detail}") from exc
+        self.client = self._connect(url, timeout)
         self._acquire = self.client.register_script(ACQUIRE)
         self._renew = self.client.register_script(RENEW)
         self._release = self.client.register_script(RELEASE)
         self._pubsub: Any = None
         self._free_at: dict[str, float] = {}  # monotonic time a seen lease runs out
+        self._refusals: dict[str, tuple[Any, int]] = {}  # name -> (value, pttl) that said no
+
+    def _connect(self, url: str, timeout: float) -> redis.Redis:
+        try:
+            client = redis.Redis.from_url(url, **client_options(timeout))
+            check_options(client)
+        except (ValueError, TypeError, redis.RedisError) as exc:
+            raise ConfigError(f"malformed redis URL {self.where!r}: {option_error(exc)}") from exc
+        return client
 
     def _keys(self, name: str) -> tuple[str, str, str]:
         base = f"{self.prefix}{{{name}}}"
@@ -197,26 +219,55 @@ class RedisBackend(Backend):
         except redis.RedisError as exc:
             raise translate(exc, self.where) from exc
 
+    def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that writes state others rely on (the Celery store's)."""
+        return self._call(script, keys=keys, args=args)
+
+    def _translate(self, exc: Exception) -> Exception:
+        return translate(exc, self.where)
+
     def acquire(self, name: str, info: HolderInfo) -> Lease | None:
         key, state, _ = self._keys(name)
-        token = secrets.token_hex(16)
+        token = self._new_token()
         sent = time.monotonic()
         won, value, reset, uptime = self._call(
             self._acquire, keys=[key, state], args=[token, self.ttl_ms, info.to_json()]
         )
         if not won:
-            pttl = int(value)
-            # -1: a key without expiry (not ours to judge); -2: it just went away.
-            self._free_at[name] = (
-                sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
-            )
+            self._refused(name, sent, int(value), reset)
             return None
+        return self._lease(name, token, int(value), sent, int(reset), uptime)
+
+    @staticmethod
+    def _new_token() -> str:
+        return os.urandom(16).hex()
+
+    def _lease(
+        self,
+        name: str,
+        token: str,
+        fencing_token: int,
+        sent: float,
+        reset: int,
+        uptime: Any,
+        ready: bool = True,
+    ) -> Lease:
         return Lease(
             name,
             token,
-            int(value),
+            fencing_token,
             sent + self.ttl,
-            state_reset=RESETS[int(reset)].format(uptime=uptime),
+            state_reset=RESETS[reset].format(uptime=uptime),
+            ready=ready,
+        )
+
+    def _refused(self, name: str, sent: float, pttl: int, held: Any) -> None:
+        """Remember when the lease seen at a refused attempt runs out, for wait(), and
+        who held it, for refused_by()."""
+        self._refusals[name] = (held, pttl)
+        # -1: a key without expiry (not ours to judge); -2: it just went away.
+        self._free_at[name] = (
+            sent + pttl / 1000 if pttl >= 0 else sent + (self.ttl if pttl == -1 else 0)
         )
 
     def renew(self, lease: Lease) -> Lease:
@@ -230,12 +281,20 @@ class RedisBackend(Backend):
         key, state, channel = self._keys(lease.name)
         self._call(self._release, keys=[key, state], args=[lease.token, channel])
 
+    def refused_by(self, name: str) -> HolderInfo | None:
+        refusal = self._refusals.pop(name, None)
+        return self.holder(name) if refusal is None else self._holder_info(*refusal)
+
     def holder(self, name: str) -> HolderInfo | None:
         key, _, _ = self._keys(name)
         pipe = self.client.pipeline(transaction=True)
         pipe.get(key)
         pipe.pttl(key)
         value, pttl = self._call(pipe.execute)
+        return self._holder_info(value, pttl)
+
+    @staticmethod
+    def _holder_info(value: Any, pttl: int) -> HolderInfo | None:
         if value is None:
             return None
         data = json_object(value)
@@ -276,9 +335,14 @@ class RedisBackend(Backend):
 
 def create(config: Config) -> Backend:
     url = config.url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    if url.startswith(SENTINEL_SCHEMES):
+        from coordinator.backends.redis_sentinel import SentinelBackend
+
+        return SentinelBackend(url, config.ttl, config.call_timeout, config.key_prefix)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            f"redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
+            "redis URL must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            f"rediss+sentinel://, got {redact_url(url)!r}"
         )
     check_url(url)
     return RedisBackend(url, config.ttl, config.call_timeout, config.key_prefix)

@@ -1,6 +1,8 @@
 """Redis: the hash {prefix}{<name>}/celery (same hash tag, so the same cluster slot as
 the lock), fields `fence`, `version` and `entries`. One Lua script checks the version
-and the fence and writes, atomically on the server."""
+and the fence and writes, atomically on the server. With a redis+sentinel:// URL the
+reads and writes go to the primary Sentinel names, and a write counts only once a
+replica acknowledged it (the backend's WAIT)."""
 
 from __future__ import annotations
 
@@ -57,8 +59,9 @@ class RedisStore(Store):
         return Snapshot(int(fence or 0), snapshot.entries, snapshot.version)
 
     def write(self, token: int, entries: dict[str, EntryState], version: str) -> str:
-        code, value = self._call(
-            self._write, keys=[self.key], args=[str(token), version, encode(token, entries)]
+        # Behind Sentinel, a write counts once a replica has it (WAIT), like the lock.
+        code, value = self.redis.write(
+            self._write, [self.key], [str(token), version, encode(token, entries)]
         )
         if int(code) == 1:
             return str(value.decode() if isinstance(value, bytes) else value)

@@ -3,7 +3,8 @@
 Starts its own servers (it pauses and restarts them; COORDINATOR_TEST_*_URL selects an
 external server instead, and the server faults are then left out), three supervisors
 per backend, applies every fault in shuffled rounds, prints a table per backend and
-exits 1 unless every row meets the bar.
+exits 1 unless every row meets the bar. Besides the four backends, --backends takes
+the names of the topology benches (tests/faults/benches.py: replicas, poolers, TLS).
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from tests.faults import consul_cluster
+from tests.faults.benches import registered
 from tests.faults.check import Round, Summary, history_problems
 from tests.faults.faults import FAULTS, applicable, one_round
 from tests.faults.harness import Bench
+from tests.faults.sentinel import FAULTS as SENTINEL_FAULTS
+from tests.faults.sentinel import KIND as SENTINEL
+from tests.faults.sentinel import run_sentinel
 from tests.servers import ConsulServer, PostgresServer, RedisServer, ServerProcess, settled
 from tests.store import Store
 
-BACKENDS = ("file", "redis", "postgres", "consul")
+BACKENDS = ("file", "redis", "postgres", "consul", SENTINEL, consul_cluster.KIND)
 QUICK_ROUNDS, LONG_ROUNDS = 2, 25
 # Backends whose rounds are too long for two in the quick mode (none since Consul's
 # takeover is bound by its ttl).
@@ -86,20 +92,37 @@ def table(title: str, summaries: list[Summary]) -> str:
     return "\n".join(lines)
 
 
+def open_bench(kind: str, tmp: Path) -> tuple[Bench, ServerProcess | None, list[str], bool]:
+    """The bench, a server to close after it, the faults that apply, whether the
+    server is external."""
+    spec = registered().get(kind)
+    if spec is not None:
+        return spec.make(tmp), None, spec.names, False
+    store, server = open_store(kind, tmp)
+    bench = Bench(store, server, tmp)
+    external = server is None and kind != "file"
+    return bench, server, applicable(bench), external
+
+
 def run_backend(
     kind: str, faults: list[str], rounds: int, seed: int, tmp: Path
 ) -> tuple[str, list[Summary]]:
-    store, server = open_store(kind, tmp)
-    bench = Bench(store, server, tmp)
+    if kind == SENTINEL:  # topologies with runners of their own
+        return run_sentinel(faults, rounds, seed, tmp)
+    if kind == consul_cluster.KIND:
+        return consul_cluster.run(faults, rounds, seed, tmp)
+    bench, server, names, external = open_bench(kind, tmp)
+    spec = registered().get(kind)
+    where = {**FAULTS, **spec.extra} if spec else FAULTS
     try:
-        chosen = [f for f in applicable(bench) if f in faults]
+        chosen = [f for f in names if f in faults]
         order = chosen * rounds
         rng = random.Random(seed)
         rng.shuffle(order)
         bench.start_all()
         results: dict[str, list[Round]] = {f: [] for f in chosen}
         for fault in order:
-            results[fault].append(one_round(bench, fault, rng))
+            results[fault].append(one_round(bench, fault, rng, where))
         summaries = [Summary.of(f, results[f]) for f in chosen]
         history = history_problems(bench.events(), bench.data_lost_at)
         if history:
@@ -108,7 +131,7 @@ def run_backend(
             print("\n".join(bench.node_log_tail()), file=sys.stderr)
         title = (
             f"{kind}: ttl {bench.ttl:g}s, grace {bench.grace:g}s, {len(bench.nodes)} supervisors, "
-            f"seed {seed}" + ("" if server or kind == "file" else ", external server")
+            f"seed {seed}" + (", external server" if external else "")
         )
         return table(title, summaries), summaries
     finally:
@@ -120,11 +143,26 @@ def run_backend(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds per fault")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_ROUNDS} rounds per fault (a topology bench: its quick_rounds, 1)",
+    )
     mode.add_argument("--long", action="store_true", help=f"{LONG_ROUNDS} rounds per fault")
     mode.add_argument("--rounds", type=int, help="rounds per fault")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    benches = registered()
+    every_fault = [
+        *FAULTS,
+        *SENTINEL_FAULTS,
+        *consul_cluster.FAULTS,
+        *(f for spec in benches.values() for f in spec.extra),
+    ]
+    parser.add_argument(
+        "--backends",
+        default=",".join([*BACKENDS, *benches]),
+        help=f"of {', '.join([*BACKENDS, *benches])}",
+    )
+    parser.add_argument("--faults", default=",".join(dict.fromkeys(every_fault)))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -133,15 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     long_or_quick = LONG_ROUNDS if args.long else None
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     faults = args.faults.split(",")
-    unknown = [f for f in faults if f not in FAULTS] + [
-        b for b in args.backends.split(",") if b not in BACKENDS
+    unknown = [f for f in faults if f not in every_fault] + [
+        b for b in args.backends.split(",") if b not in BACKENDS and b not in benches
     ]
     if unknown:
         parser.error(f"unknown fault or backend: {', '.join(unknown)}")
     report: dict[str, list[dict[str, object]]] = {}
     ok = True
     for kind in args.backends.split(","):
-        rounds = args.rounds or long_or_quick or QUICK_ROUNDS_FOR.get(kind, QUICK_ROUNDS)
+        quick = benches[kind].quick_rounds if kind in benches else QUICK_ROUNDS
+        rounds = args.rounds or long_or_quick or QUICK_ROUNDS_FOR.get(kind, quick)
         with tempfile.TemporaryDirectory(prefix=f"coordinator-faults-{kind}-") as tmp:
             text, summaries = run_backend(kind, faults, rounds, seed, Path(tmp))
         print(text + "\n", flush=True)

@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from tests.cluster import Record
 from tests.faults.check import Round, overlap
@@ -243,7 +243,10 @@ def applicable(bench: Bench) -> list[str]:
     return names
 
 
-def one_round(bench: Bench, fault: str, rng: random.Random) -> Round:
+def one_round(
+    bench: Bench, fault: str, rng: random.Random, faults: Mapping[str, Fault] | None = None
+) -> Round:
+    """`faults`: where to find `fault` (a bench's own faults besides FAULTS)."""
     result = Round(fault)
     try:
         node, child = bench.wait_running(bench.takeover_bound())
@@ -253,7 +256,7 @@ def one_round(bench: Bench, fault: str, rng: random.Random) -> Round:
         return result
     time.sleep(rng.uniform(0, bench.ttl / 2))  # a different point of the renewal cycle
     known = bench.probe_pids()
-    FAULTS[fault](bench, node, child, known, result, rng)
+    (faults or FAULTS)[fault](bench, node, child, known, result, rng)
     new = bench.wait_new_child(known, 0)
     if new is not None:
         bench.wait_start(new.pid, bench.takeover_bound())

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from coordinator.child import processes
 from tests.cluster import PROBE, Record, alive, cli_env, read_records
-from tests.faults.proxy import Proxy
+from tests.faults.proxy import Proxies, Proxy
 from tests.servers import ServerProcess
 from tests.store import Store
 
@@ -50,7 +50,7 @@ def signal_all(pids: list[int], signum: int) -> None:
 class Node:
     index: int
     url: str
-    proxy: Proxy | None
+    proxy: Proxy | Proxies | None
     process: subprocess.Popen[bytes] | None = None
     expected_exit: bool = False  # a fault told it to leave
 
@@ -146,11 +146,15 @@ class Bench:
                 self.command(node),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=cli_env(),
+                env=self.environment(),
                 start_new_session=True,
             )
         finally:
             out.close()
+
+    def environment(self) -> dict[str, str]:
+        """The supervisors' environment (benches may add to it)."""
+        return cli_env()
 
     def start_all(self) -> None:
         for node in self.nodes:

@@ -109,3 +109,31 @@ class Proxy:
             self.peers.pop(end, None)
             with contextlib.suppress(OSError):
                 end.close()
+
+
+class Proxies:
+    """One Proxy per server of a multi-host address: one node's whole path, cut or
+    reset together."""
+
+    def __init__(self, upstream_ports: list[int], host: str = "127.0.0.1") -> None:
+        self.members = [Proxy(port, host) for port in upstream_ports]
+
+    @property
+    def ports(self) -> list[int]:
+        return [proxy.port for proxy in self.members]
+
+    def stall(self) -> None:
+        for proxy in self.members:
+            proxy.stall()
+
+    def heal(self) -> None:
+        for proxy in self.members:
+            proxy.heal()
+
+    def reset(self) -> None:
+        for proxy in self.members:
+            proxy.reset()
+
+    def close(self) -> None:
+        for proxy in self.members:
+            proxy.close()
