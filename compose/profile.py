@@ -21,6 +21,20 @@ OWN_SERVERS = {
     "tests/test_promotion.py": "replicates and promotes PostgreSQL servers of its own",
     "tests/test_consul_cluster.py": "kills Consul servers and agents of its own",
     "tests/test_tls.py": "starts every server with TLS and certificates of its own",
+    "tests/test_fault_topologies.py::test_short_round_meets_the_bar": (
+        "a fault-suite bench on servers of its own (a standby, PgBouncer, TLS)"
+    ),
+    **{
+        f"tests/test_sentinel.py::{name}": "fails over Redis servers and sentinels of its own"
+        for name in (
+            "test_a_failover_ends_the_lease_taken_on_the_old_primary",
+            "test_a_lock_no_replica_acknowledged_does_not_count",
+            "test_a_primary_restarted_before_sentinel_noticed_ends_the_lease",
+            "test_the_celery_store_works_with_a_sentinel_url",
+            "test_the_sentinel_fault_bench_short_round",
+            "test_rediss_sentinel_verifies_certificates",
+        )
+    },
     **{
         f"tests/test_postgres.py::{name}": "restarts or reconfigures a PostgreSQL server of its own"
         for name in (
