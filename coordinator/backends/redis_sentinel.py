@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import redis
 from redis.connection import parse_url
@@ -71,10 +71,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         return ConfigError(f"malformed redis sentinel URL {shown!r}: {why}")
 
     tls = url.startswith("rediss+")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise bad(str(exc)) from exc
+    # Split by hand: a list of bracketed IPv6 sentinels is not one URL authority, and
+    # some Python releases refuse it in urlsplit ("Invalid IPv6 URL"; Debian 12's 3.11.2).
+    parts = _split(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     sentinels = [parse_host(item, bad) for item in hosts.split(",")] if hosts else []
     if not sentinels:
@@ -100,6 +99,22 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     scheme = "rediss" if tls else "redis"
     data_url = f"{scheme}://{auth}localhost/{db}" + (f"?{urlencode(options)}" if options else "")
     return SentinelURL(sentinels, path[0], data_url, sentinel_auth, tls)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    netloc: str
+    path: str
+    query: str
+
+
+def _split(url: str) -> _Parts:
+    """scheme://netloc/path?query#fragment, as urlsplit would, without judging the
+    netloc: it ends at the first '/', '?' or '#'."""
+    rest = url.partition("://")[2].partition("#")[0]
+    netloc, rest = re.match(r"([^/?]*)(.*)", rest, re.S).groups()  # type: ignore[union-attr]
+    path, _, query = rest.partition("?")
+    return _Parts(netloc, path, query)
 
 
 def parse_host(item: str, bad: Any) -> Address:
