@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -76,6 +77,31 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def play(
+    bench: Bench,
+    chosen: list[str],
+    rounds: int,
+    seed: int,
+    round_of: Callable[[str, random.Random], Round],
+) -> list[Summary]:
+    """`rounds` rounds of each fault in `chosen`, shuffled by `seed`, on `bench`; a row
+    a fault, and one more when the fencing tokens of the whole run went wrong."""
+    order = chosen * rounds
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    bench.start_all()
+    results: dict[str, list[Round]] = {f: [] for f in chosen}
+    for fault in order:
+        results[fault].append(round_of(fault, rng))
+    summaries = [Summary.of(f, results[f]) for f in chosen]
+    history = history_problems(bench.events(), bench.data_lost_at)
+    if history:
+        summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
+    if any(verdict(s) != "ok" for s in summaries):
+        print("\n".join(bench.node_log_tail()), file=sys.stderr)
+    return summaries
+
+
 def table(title: str, summaries: list[Summary]) -> str:
     width = max(17, *(len(s.fault) + 1 for s in summaries))
     head = (
@@ -116,19 +142,9 @@ def run_backend(
     where = {**FAULTS, **spec.extra} if spec else FAULTS
     try:
         chosen = [f for f in names if f in faults]
-        order = chosen * rounds
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        bench.start_all()
-        results: dict[str, list[Round]] = {f: [] for f in chosen}
-        for fault in order:
-            results[fault].append(one_round(bench, fault, rng, where))
-        summaries = [Summary.of(f, results[f]) for f in chosen]
-        history = history_problems(bench.events(), bench.data_lost_at)
-        if history:
-            summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
-        if any(verdict(s) != "ok" for s in summaries):
-            print("\n".join(bench.node_log_tail()), file=sys.stderr)
+        summaries = play(
+            bench, chosen, rounds, seed, lambda fault, rng: one_round(bench, fault, rng, where)
+        )
         title = (
             f"{kind}: ttl {bench.ttl:g}s, grace {bench.grace:g}s, {len(bench.nodes)} supervisors, "
             f"seed {seed}" + (", external server" if external else "")

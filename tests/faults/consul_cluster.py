@@ -19,14 +19,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from tests.cluster import Record
 from tests.consul_cluster import ConsulCluster
-from tests.faults.check import Round, Summary, history_problems
+from tests.faults.check import Round, Summary
 from tests.faults.faults import Fault, _takeover, one_round, slow_stop
 from tests.faults.harness import Bench, Node
 from tests.store import Store
@@ -169,25 +168,15 @@ FAULTS: dict[str, Fault] = {
 
 def run(faults: list[str], rounds: int, seed: int, tmp: Path) -> tuple[str, list[Summary]]:
     """Every chosen fault `rounds` times in shuffled order; the table and the rows."""
-    from tests.faults.__main__ import table, verdict
+    from tests.faults.__main__ import play, table
 
     consul = ConsulCluster(clients=NODES)
     bench = ClusterBench(consul, tmp)
     try:
         chosen = [f for f in FAULTS if f in faults] or list(FAULTS)
-        order = chosen * rounds
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        bench.start_all()
-        results: dict[str, list[Round]] = {f: [] for f in chosen}
-        for fault in order:
-            results[fault].append(one_round(bench, fault, rng, FAULTS))
-        summaries = [Summary.of(f, results[f]) for f in chosen]
-        history = history_problems(bench.events())
-        if history:
-            summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
-        if any(verdict(s) != "ok" for s in summaries):
-            print("\n".join(bench.node_log_tail()), file=sys.stderr)
+        summaries = play(
+            bench, chosen, rounds, seed, lambda fault, rng: one_round(bench, fault, rng, FAULTS)
+        )
         title = (
             f"{KIND}: 3 servers and {NODES} client agents, ttl {bench.ttl:g}s, grace "
             f"{bench.grace:g}s, {'' if NODE_CHECK else 'no '}--consul-node-check, {NODES} "

@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from tests.cluster import Record
-from tests.faults.check import Round, Summary, history_problems, overlap
+from tests.faults.check import Round, Summary, overlap
 from tests.faults.harness import Bench, Node
 from tests.servers import SentinelGroup
 from tests.store import Store
@@ -111,7 +110,7 @@ def run_sentinel(
 ) -> tuple[str, list[Summary]]:
     """Every fault of this bench named in `faults`, `rounds` times, shuffled, on `group`
     (else on a group of its own)."""
-    from tests.faults.__main__ import table, verdict  # the runner's own formatting
+    from tests.faults.__main__ import play, table  # the runner's own loop and table
 
     own = group is None
     group = SentinelGroup(tmp, replicas=REPLICAS) if group is None else group
@@ -119,19 +118,9 @@ def run_sentinel(
     bench = SentinelBench(group, store, tmp)
     try:
         chosen = [f for f in FAULTS if f in faults]
-        order = chosen * rounds
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        bench.start_all()
-        results: dict[str, list[Round]] = {f: [] for f in chosen}
-        for fault in order:
-            results[fault].append(one_round(bench, fault, rng))
-        summaries = [Summary.of(f, results[f]) for f in chosen]
-        history = history_problems(bench.events())
-        if history:
-            summaries.append(Summary("history", 1, 0, 0.0, None, None, 0, history, None))
-        if any(verdict(s) != "ok" for s in summaries):
-            print("\n".join(bench.node_log_tail()), file=sys.stderr)
+        summaries = play(
+            bench, chosen, rounds, seed, lambda fault, rng: one_round(bench, fault, rng)
+        )
         title = (
             f"{KIND}: ttl {bench.ttl:g}s, grace {bench.grace:g}s, {len(bench.nodes)} "
             f"supervisors, 1 primary, {len(group.servers) - 1} replica(s), 3 sentinels, "
