@@ -162,13 +162,18 @@ def demo(backend: str) -> float:
         raise AssertionError(f"{backend}: {len(holders)} nodes tick at once: {holders}")
     [holder] = holders
     standby = next(n for n in nodes if n != holder)
-    for _ in range(3):  # exit 69 is "cannot tell": a loaded host may answer late
+    # Exit 69 is "cannot tell": a loaded host may answer late, and a node's lookup of the
+    # server's name waits on podman's DNS, which stalls while containers come and go
+    # (glibc then tries each nameserver in turn, 5 s each).
+    for attempt in range(6):
         status = run(
             "podman", "exec", container(standby), "coordinator", "status", "--backend",
             backend, "--name", "demo", "--timeout", "15", check=False,
         )  # fmt: skip
         if status.returncode != 69:
             break
+        say(f"{backend}: status in {standby} could not tell (attempt {attempt + 1}): "
+            f"{status.stderr.strip()}")  # fmt: skip
     if status.returncode != 0 or holder not in status.stdout:
         raise AssertionError(f"{backend}: status in {standby} did not name {holder}: {status}")
     counts = {n: ticks(n) for n in nodes if n != holder}
