@@ -30,6 +30,8 @@ SCHEDULER = "coordinator.celery.Scheduler"
 FAST, SLOW = 1.0, 4.0
 ENTRIES: dict[str, float | None] = {"fast": FAST, "slow": SLOW, "cron": None}
 SLACK = 0.5  # beat's loop, the listener's poll, a loaded machine
+# A gap also holds the new beat's first pass through its schedule after the takeover.
+GAP_SLACK = 1.0
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def test_failovers_send_every_tick_once(beats: Beats, store: Store) -> None:
         times = beats.listener.times(task)
         assert early_duplicates(times, every) == [], (task, times)
         gap = largest_gap(times)
-        assert gap <= every + max(takeovers) + SLACK, (task, gap, takeovers, times)
+        assert gap <= every + max(takeovers) + GAP_SLACK, (task, gap, takeovers, times)
     slow = beats.listener.times("slow")
     across = slow[slow.index(handoff_after) + 1] - handoff_after
     print(f"takeovers {takeovers}, slow gap across the handoff {across:.2f}s")
@@ -130,7 +132,10 @@ def test_a_stale_beat_is_refused(beats: Beats, store: Store, tmp_path: Path) -> 
             stderr=log,
         )
     try:
-        wait_until(lambda: log_path.read_text().count("Sending due task fast") >= 2, 20, 0.1)
+        # Freeze it once its second tick has reached the broker, not merely been logged:
+        # a message claimed and logged but still on its way when the process froze
+        # arrives when it resumes, and no fence can stop that.
+        wait_until(lambda: len(beats.listener.times("fast")) >= 2, 20, 0.02)
         os.kill(stale.pid, signal.SIGSTOP)  # frozen: it lost its lease meanwhile
         frozen_sends = log_path.read_text().count("Sending due task")
         beats.start("new")
