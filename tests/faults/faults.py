@@ -257,6 +257,12 @@ def one_round(
     time.sleep(rng.uniform(0, bench.ttl / 2))  # a different point of the renewal cycle
     known = bench.probe_pids()
     (faults or FAULTS)[fault](bench, node, child, known, result, rng)
+    return judge(bench, known, result)
+
+
+def judge(bench: Bench, known: set[int], result: Round) -> Round:
+    """After a fault: the next child's overlap with the old ones, the old children left
+    running (killed, so that they do not spoil the next rounds), the dead supervisors."""
     new = bench.wait_new_child(known, 0)
     if new is not None:
         bench.wait_start(new.pid, bench.takeover_bound())
@@ -264,6 +270,6 @@ def one_round(
     for pid in known:
         if bench.ours(pid):
             result.orphans += 1
-            os.kill(pid, signal.SIGKILL)  # so that it does not spoil the next rounds
+            os.kill(pid, signal.SIGKILL)
     result.problems += bench.restart_dead()
     return result

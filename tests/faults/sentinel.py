@@ -22,8 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.cluster import Record
-from tests.faults.check import Round, Summary, overlap
+from tests.faults.check import Round, Summary
+from tests.faults.faults import judge
 from tests.faults.harness import Bench, Node
 from tests.servers import SentinelGroup
 from tests.store import Store
@@ -93,16 +93,7 @@ def one_round(bench: SentinelBench, fault: str, rng: random.Random) -> Round:
     time.sleep(rng.uniform(0, bench.ttl / 2))  # a different point of the renewal cycle
     known = bench.probe_pids()
     FAULTS[fault](bench, result, known)
-    new: Record | None = bench.wait_new_child(known, 0)
-    if new is not None:
-        bench.wait_start(new.pid, bench.takeover_bound())
-        result.overlap = overlap(bench.events(), new.pid)
-    for pid in known:
-        if bench.ours(pid):
-            result.orphans += 1
-            os.kill(pid, signal.SIGKILL)  # so that it does not spoil the next rounds
-    result.problems += bench.restart_dead()
-    return result
+    return judge(bench, known, result)
 
 
 def run_sentinel(
