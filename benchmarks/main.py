@@ -55,6 +55,7 @@ class Plan:
     only: tuple[str, ...] = SCENARIOS
     consul_lock: bool = True
     venv: bool = True
+    check: bool = False
 
     @property
     def exit_rounds(self) -> int:
@@ -113,6 +114,12 @@ def parse(argv: list[str]) -> Plan:
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a run is wrong (a supervisor or server that did not run, a failed "
+        "scenario, two children at once, an orphan); missed targets do not count",
+    )
+    parser.add_argument(
         "--no-venv",
         action="store_true",
         help="run coordinator with this interpreter, not one whose site-packages hold only "
@@ -141,6 +148,7 @@ def parse(argv: list[str]) -> Plan:
         keep=args.keep,
         only=only,
         venv=not args.no_venv,
+        check=bool(args.check),
     )
 
 
@@ -407,4 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         info.append(("run", f"{mode}, {minutes:.1f} min"))
         body = "\n".join(f"- {k}: {v}" for k, v in info)
         plan.markdown.write_text(body + "\n\n" + "\n".join(t.markdown() for t in tables))
+    wrong = [problem for t in tables for problem in t.problems]
+    if plan.check and wrong:
+        print("\n".join(["--check: this run is wrong:", *wrong]), file=sys.stderr)
+        return 1
     return 0

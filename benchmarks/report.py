@@ -28,6 +28,7 @@ class Table:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     header: tuple[str, ...] = ("metric", "value", "target", "result")
+    problems: list[str] = field(default_factory=list)  # see results.problems()
 
     def add(self, *args: object, **kwargs: object) -> Row:
         row = Row(*args, **kwargs)  # type: ignore[arg-type]

@@ -32,3 +32,30 @@ def p50(t: Timings) -> float:
 
 def p99(t: Timings) -> float:
     return percentile(t.samples, 99)
+
+
+def problems(res: Results) -> list[str]:
+    """What makes a run wrong, not just slow: a supervisor kind that did not run, and
+    for coordinator a scenario that failed, two children at once or a child left after
+    kill -9 (the peers' own overlaps and orphans are what the comparison shows). Missed
+    speed and memory targets are not in it: they depend on the machine."""
+    where = f"{res.label} on {res.kind}"
+    if res.skipped:
+        return [f"{where}: not run: {res.skipped}"]
+    if res.label != "coordinator":
+        return []
+    found = []
+    timings = {"start": res.start, "start to exit": res.exit, "handoff": res.handoff}
+    timings["failover"] = res.failover
+    for sc in res.scale:
+        timings[f"scale {sc.wanted}"] = sc.handoffs
+    for what, t in timings.items():
+        if t.error:
+            found.append(f"{where}: {what}: {t.error}")
+        if t.overlaps:
+            found.append(f"{where}: {what}: {t.overlaps} time(s) two children at once")
+        if t.orphans:
+            found.append(f"{where}: {what}: {t.orphans} child(ren) left after kill -9")
+    if res.idle.error:
+        found.append(f"{where}: idle: {res.idle.error}")
+    return found

@@ -7,7 +7,7 @@ import math
 
 from benchmarks import report, singlebeat
 from benchmarks.measure import TICK, percentile
-from benchmarks.results import GRACE, Results, p50, p99
+from benchmarks.results import GRACE, Results, p50, p99, problems
 from benchmarks.scenarios import Timings
 
 
@@ -148,6 +148,7 @@ def timing_row(
 def table(res: Results) -> report.Table:
     ttl = res.ttl
     t = report.Table(f"{res.label} on {res.kind} (ttl {ttl:g} s, grace {GRACE:g} s)")
+    t.problems = problems(res)
     if res.skipped:
         t.add("all", f"not run: {res.skipped}")
         return t
