@@ -39,8 +39,10 @@ SECRET_VARIABLES = ("PGPASSWORD", "CONSUL_HTTP_TOKEN")
 SECRET_WORD = r"[\w.-]*(?:password|passwd|pwd|token|secret)[\w.-]*"
 # scheme://userinfo@ up to the last '@' before whitespace.
 URL_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s@]*(?:@[^\s@]*)*)@")
-# ?password=... and &token=... in a URL's query: the value ends at '&' or whitespace.
-QUERY_SECRET = re.compile(rf"([?&]{SECRET_WORD}=)[^&\s]*", re.IGNORECASE)
+# ?password=... and &token=... in a URL's query: the value ends at whitespace or at an
+# '&' that starts the next name=value pair; a raw password may hold '&', '#', '?', '@'.
+QUERY_VALUE = r"(?:[^&\s]|&(?![\w.-]*=))*"
+QUERY_SECRET = re.compile(rf"([?&]{SECRET_WORD}=){QUERY_VALUE}", re.IGNORECASE)
 # libpq's key=value form: password=value or password='quoted value'.
 KEYWORD_SECRET = re.compile(
     rf"((?<![?&\w]){SECRET_WORD}\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE
@@ -58,7 +60,10 @@ def register(*values: str | None) -> None:
     for value in values:
         if not value:
             continue
-        for form in (value, unquote(value), unquote_plus(value), quote(value, safe="")):
+        # surrogateescape: a byte of the command line or environment that is not UTF-8
+        # is percent-encoded as the byte it is, as a client would.
+        encoded = quote(value, safe="", errors="surrogateescape")
+        for form in (value, unquote(value), unquote_plus(value), encoded):
             if len(form) >= MIN_SECRET and form != MASK:
                 found.add(form)
     pieces = {form[i : i + FRAGMENT] for form in found for i in range(len(form) - FRAGMENT + 1)}
@@ -89,7 +94,9 @@ def url_secrets(url: str) -> list[str]:
             for key, value in parse_qsl(tail, keep_blank_values=True):
                 if re.fullmatch(SECRET_WORD, key, re.IGNORECASE):
                     found.append(value)
-            found += [m.group(0).split("=", 1)[1] for m in QUERY_SECRET.finditer("?" + tail)]
+        # And the value as written, raw, up to the next name=value pair: a client may
+        # end it at '#', '?' or '&', and the text after that is part of the secret too.
+        found += [m.group(0).split("=", 1)[1] for m in QUERY_SECRET.finditer(rest)]
     else:
         for match in KEYWORD_SECRET.finditer(url):
             value = match.group(2)

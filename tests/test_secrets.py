@@ -288,3 +288,22 @@ def test_secret_parameters_and_variables() -> None:
     assert redact.redact("redis://h/0?password=abc&db=1") == "redis://h/0?password=***&db=1"
     assert redact.redact("host=h password='a b' port=1") == "host=h password=*** port=1"
     assert redact.redact("fencing token 17, since 3s") == "fencing token 17, since 3s"
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_raw_sentinel_password_with_reserved_characters_never_shows() -> None:
+    """In the query, after the sentinels: the last '@' is inside the password, so the
+    URL shape cannot hide what follows it; its value, read up to the next name=value
+    pair, is registered whole."""
+    url = f"redis+sentinel://:x@127.0.0.1:1/svc?sentinel_password={SECRET}&db=0"
+    redact.register_url(url)
+    for text in (f"contending on {url}", f"bad {SECRET}", f'{{"url": "{url}"}}'):
+        assert not leaks(redact.redact(text), SECRET), redact.redact(text)
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_secret_that_is_not_utf8_registers() -> None:
+    """A byte of the command line or environment that is not UTF-8 (a lone surrogate
+    in Python) is hidden as it is, and in the percent-encoded form of that byte."""
+    redact.register_url("redis://:pass\udcffword@h/0")
+    assert redact.redact("a pass\udcffword b pass%FFword c") == "a *** b *** c"
