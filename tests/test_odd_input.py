@@ -4,9 +4,14 @@ server (closed loopback ports at most), so each run takes a fraction of a second
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.cluster import run_cli
+from tests.cluster import cli_env, run_cli
 from tests.servers import free_port
 
 SECRET = "Pw-odd-input-9"
@@ -49,3 +54,68 @@ def test_an_address_or_secret_that_is_not_utf8_is_a_usage_error(
         line = one_error_line(result.stdout + result.stderr)
         label = "--url" if variable == "COORDINATOR_URL" else variable
         assert f"{label} is not valid UTF-8" in line, line
+
+
+def run_to(stdout: int, *args: str) -> tuple[int, str]:
+    """Run with stdout on the descriptor `stdout`; the exit code and stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        timeout=20,
+    )
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args", [["status", "-n", "x"], ["status", "-n", "x", "--json"], ["--help"], ["--version"]]
+)
+def test_an_answer_that_cannot_be_written_is_not_an_answer(args: list[str], tmp_path: Path) -> None:
+    """`status` says held (0) or free (1) by its code: with its answer lost it must say
+    neither. A reader that went away (a closed pipe) gives 141, silently, as for a
+    program killed by SIGPIPE; a full device 74 and one line; never 70 (a bug)."""
+    if args[0] == "status":
+        args = ["status", "-b", "file", "--url", str(tmp_path), *args[1:]]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        code, err = run_to(write, *args)
+    finally:
+        os.close(write)
+    assert (code, err) == (141, ""), err
+    with open("/dev/full", "wb") as full:
+        code, err = run_to(full.fileno(), *args)
+    assert code == 74, err
+    assert "cannot write to standard output" in one_error_line(err)
+
+
+def test_a_closed_stderr_keeps_the_exit_code() -> None:
+    script = f"exec {sys.executable} -m coordinator --bogus 2>&-"
+    result = subprocess.run(["sh", "-c", script], env=cli_env(), timeout=20, check=False)
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("instruction", "words", "cword"),
+    [
+        ("bash_complete", "coordinator --ba", "abc"),
+        ("zsh_complete", "coordinator --ba", ""),
+        ("complete_bash", "coordinator --ba", "x"),
+        ("bash_complete", None, "1"),
+    ],
+)
+def test_completion_with_odd_variables_is_a_usage_error(
+    instruction: str, words: str | None, cword: str
+) -> None:
+    """COMP_WORDS and COMP_CWORD come from the completion script; set by hand they can
+    be anything: one line and exit 2, no traceback."""
+    env = {**cli_env(), "_COORDINATOR_COMPLETE": instruction, "COMP_CWORD": cword}
+    env.pop("COMP_WORDS", None)
+    if words is not None:
+        env["COMP_WORDS"] = words
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator"], capture_output=True, text=True, env=env, timeout=20
+    )
+    assert result.returncode == 2, result.stderr
+    assert "shell completion needs COMP_WORDS" in one_error_line(result.stderr)
