@@ -119,3 +119,50 @@ def test_completion_with_odd_variables_is_a_usage_error(
     )
     assert result.returncode == 2, result.stderr
     assert "shell completion needs COMP_WORDS" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        (
+            f"redis+sentinel://:{SECRET}@127.0.0.1:{CLOSED}/s/{'9' * 20}",
+            "0 to 2147483647",
+        ),
+        (f"redis+sentinel://:{SECRET}@127.0.0.1:{CLOSED}/s?db=9999999999999999", "0 to 2147483647"),
+        (f"redis://:{SECRET}@127.0.0.1:{CLOSED}/99999999999999999999", "0 to 2147483647"),
+        (f"redis+sentinel://:{SECRET}@127.0.0.1:{CLOSED}/s/\u0663", "/service/<database number>"),
+        (f"redis+sentinel://:{SECRET}@127.0.0.1:\u0663/s", "is not host or host:port"),
+        (f"redis://:{SECRET}@127.0.0.1:{CLOSED}/\u0663", "must be a database number"),
+        (f"rediss://:{SECRET}@127.0.0.1:{CLOSED}/0?ssl_ca_certs=/nonexistent", "does not exist"),
+        (
+            f"rediss+sentinel://:{SECRET}@127.0.0.1:{CLOSED}/s?ssl_ca_certs=/nonexistent",
+            "?ssl_ca_certs=/nonexistent does not exist",
+        ),
+        (
+            f"rediss+sentinel://127.0.0.1:{CLOSED}/s?ssl_certfile=/no/c.pem&ssl_keyfile=/no/k.pem",
+            "?ssl_certfile=/no/c.pem does not exist",
+        ),
+    ],
+    ids=[
+        "sentinel-db-huge",
+        "sentinel-query-db-huge",
+        "db-huge",
+        "sentinel-db-not-ascii",
+        "sentinel-port-not-ascii",
+        "db-not-ascii",
+        "ca-missing",
+        "sentinel-ca-missing",
+        "sentinel-client-cert-missing",
+    ],
+)
+def test_redis_urls_that_waiting_cannot_fix_exit_2(url: str, needle: str) -> None:
+    """Each was retried for ever ("value is not an integer or out of range", "No such
+    file or directory" as if the server were unreachable) or read as another number
+    (int() takes digits of any script)."""
+    commands = [["-b", "redis", "--url", url, "--wait-timeout", "5", "--", "true"]]
+    if "ssl_ca_certs" in url:  # status creates the backend alike: one case is enough
+        commands.append(["status", "-b", "redis", "--url", url, "-n", "x", "--timeout", "5"])
+    for command in commands:
+        result = run_cli(*command, timeout=20)
+        assert result.returncode == 2, result.stderr
+        assert needle in one_error_line(result.stderr)
