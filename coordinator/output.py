@@ -17,6 +17,10 @@ def emit(text: str) -> None:
     stream = sys.stdout
     if stream is None:
         return
+    # What the stream cannot encode (a node id in an ASCII locale, a byte of a path
+    # that is not UTF-8) is written as a backslash escape, not an error.
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    text = text.encode(encoding, "backslashreplace").decode(encoding)
     try:
         stream.write(text + "\n")
         stream.flush()

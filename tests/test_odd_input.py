@@ -166,3 +166,14 @@ def test_redis_urls_that_waiting_cannot_fix_exit_2(url: str, needle: str) -> Non
         result = run_cli(*command, timeout=20)
         assert result.returncode == 2, result.stderr
         assert needle in one_error_line(result.stderr)
+
+
+def test_status_writes_what_the_locale_cannot_encode_as_escapes(tmp_path: Path) -> None:
+    """An ASCII stdout (a C locale, PYTHONIOENCODING) and a lock directory, name or
+    node id that is not ASCII: the answer is written with backslash escapes."""
+    where = tmp_path / "n\u0153ud"
+    result = run_cli(
+        "status", "-b", "file", "--url", str(where), "-n", "x", env={"PYTHONIOENCODING": "ascii"}
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("x: free (") and "n\\u0153ud" in result.stdout, result.stdout
