@@ -5,6 +5,7 @@ server (closed loopback ports at most), so each run takes a fraction of a second
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,15 @@ def test_status_writes_what_the_locale_cannot_encode_as_escapes(tmp_path: Path) 
     )
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("x: free (") and "n\\u0153ud" in result.stdout, result.stdout
+
+
+def test_a_status_file_that_is_not_a_regular_file_is_left_alone(tmp_path: Path) -> None:
+    """The status file is renamed into place, which replaces whatever is there: run as
+    root, `--status-file /dev/null` left a regular file for /dev/null. A pipe stands in
+    for the device here."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = run_cli("--status-file", str(fifo), "-b", "file", "--url", str(tmp_path), "--", "true")
+    assert result.returncode == 2, result.stderr
+    assert "is not a regular file" in one_error_line(result.stderr)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
