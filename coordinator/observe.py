@@ -312,7 +312,8 @@ class JsonFormatter(logging.Formatter):
 def parse_address(address: str) -> tuple[str, int]:
     """HOST:PORT, [IPv6]:PORT or :PORT (every interface) for the metrics server."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    # isascii: int() reads digits of any script ("٣" is 3).
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ConfigError(
             f"--metrics-address must be HOST:PORT or :PORT (every interface), got {address!r}"
         )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.errors import ConfigError
+from coordinator.observe import parse_address
 from tests.cluster import cli_env, run_cli
 from tests.servers import free_port
 
@@ -190,3 +192,10 @@ def test_a_status_file_that_is_not_a_regular_file_is_left_alone(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "is not a regular file" in one_error_line(result.stderr)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:\u0663", ":\uff19\uff11\uff10\uff10"])
+def test_a_metrics_port_in_other_digits_is_refused(address: str) -> None:
+    """int() reads digits of any script: "127.0.0.1:٣" served on port 3."""
+    with pytest.raises(ConfigError, match="--metrics-address must be HOST:PORT"):
+        parse_address(address)
