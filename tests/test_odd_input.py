@@ -199,3 +199,18 @@ def test_a_metrics_port_in_other_digits_is_refused(address: str) -> None:
     """int() reads digits of any script: "127.0.0.1:٣" served on port 3."""
     with pytest.raises(ConfigError, match="--metrics-address must be HOST:PORT"):
         parse_address(address)
+
+
+def test_ctrl_c_while_starting_ends_the_program_without_a_traceback() -> None:
+    """Python's SIGINT handler raised KeyboardInterrupt in whatever was importing
+    (click, a client library): a traceback and exit 1 for a Ctrl-C in the first tenth
+    of a second. The program's entry puts the default back before importing anything
+    (the supervisor installs its own handlers later)."""
+    probe = (
+        "import signal, coordinator.__main__; "
+        "print(signal.getsignal(signal.SIGINT) == signal.SIG_DFL)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=20
+    )
+    assert result.stdout.strip() == "True", result.stdout + result.stderr
