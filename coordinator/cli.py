@@ -195,6 +195,7 @@ def run(
     from coordinator.supervisor import Supervisor
 
     redact.register_url(url)
+    redact.register_command(command)
 
     kwargs: dict[str, object] = {}
     if node_id:
@@ -243,6 +244,7 @@ def status(
     from coordinator.status import status as show
 
     redact.register_url(url)
+    redact.register_command(command)
     if not name and not command:
         raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
     limits.seconds("--timeout", timeout, 0, limits.MAX_SECONDS, above=True)

@@ -131,11 +131,52 @@ def register_arguments(args: Iterable[str]) -> None:
             register_url(word[len("--url=") :])
 
 
-def _authority(match: re.Match[str]) -> str:
-    userinfo = match.group(2)
-    if ":" not in userinfo:
-        return match.group(0)  # a user name alone
-    return f"{match.group(1)}{userinfo.split(':', 1)[0]}:{MASK}@"
+def register_command(words: Iterable[str]) -> None:
+    """What the command's arguments hold shaped like a password (a URL's
+    user:password@, ?password=, password=..., the word after --password): the default
+    lock name is derived from these words, so it would show them. Also registered as
+    the name's readable part writes them (other characters as '-')."""
+    found: list[str] = []
+    previous = ""
+    for word in words:
+        if re.fullmatch(rf"--?{SECRET_WORD}", previous, re.IGNORECASE):
+            found.append(word)
+        found += [word[start:end] for start, end in _shape_spans(word)]
+        previous = word
+    register(*found, *(re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-") for value in found))
+
+
+def _shape_spans(text: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    if "://" in text:
+        for match in URL_AUTHORITY.finditer(text):
+            user, colon, _ = match.group(2).partition(":")
+            if colon:  # a user name alone is no secret
+                spans.append((match.start(2) + len(user) + 1, match.end(2)))
+    if "=" in text:
+        spans += [(m.end(1), m.end()) for m in QUERY_SECRET.finditer(text)]
+        spans += [(m.start(2), m.end(2)) for m in KEYWORD_SECRET.finditer(text)]
+    return spans
+
+
+def shapes(text: str) -> str:
+    """`text` with every password-shaped part hidden. Each rule is matched on the text
+    as given and the parts they find are hidden together, so one rule cannot hide from
+    another what it needs (a raw '@' in a ?sentinel_password= value is also the last
+    '@' of a URL authority)."""
+    spans = _shape_spans(text)
+    if not spans:
+        return text
+    out: list[str] = []
+    last = 0
+    for start, end in sorted(spans):
+        if start < last:  # overlaps the part hidden before: hide up to the later end
+            out[-1] = MASK
+            last = max(last, end)
+            continue
+        out += [text[last:start], MASK]
+        last = end
+    return "".join(out) + text[last:]
 
 
 def redact(text: str) -> str:
@@ -147,12 +188,7 @@ def redact(text: str) -> str:
             text = text.replace(secret, MASK)
     if _fragments:
         text = _mask_fragments(text, _fragments)
-    if "://" in text:
-        text = URL_AUTHORITY.sub(_authority, text)
-    if "=" in text:
-        text = QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
-        text = KEYWORD_SECRET.sub(rf"\g<1>{MASK}", text)
-    return text
+    return shapes(text)
 
 
 def _mask_fragments(text: str, fragments: frozenset[str]) -> str:

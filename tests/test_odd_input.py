@@ -214,3 +214,17 @@ def test_ctrl_c_while_starting_ends_the_program_without_a_traceback() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), timeout=20
     )
     assert result.stdout.strip() == "True", result.stdout + result.stderr
+
+
+def test_a_password_in_the_command_never_shows_in_the_default_name(tmp_path: Path) -> None:
+    """`coordinator -- celery beat -b redis://:PASSWORD@host/0`, without --name: the
+    name derived from the command was in every log line and in `status`."""
+    command = ["--", "true", "beat", "-b", f"redis://:{SECRET}@127.0.0.1:{CLOSED}/0"]
+    file_backend = ["-b", "file", "--url", str(tmp_path)]
+    result = run_cli(*file_backend, "--wait-timeout", "0", *command)
+    assert result.returncode == 0, result.stderr
+    assert "-redis-***-127.0.0.1-" in result.stderr, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    status = run_cli("status", *file_backend, *command)
+    assert status.returncode == 1 and "-***-" in status.stdout, status.stdout
+    assert SECRET not in status.stdout + status.stderr
