@@ -154,8 +154,11 @@ def _shape_spans(text: str) -> list[tuple[int, int]]:
             if colon:  # a user name alone is no secret
                 spans.append((match.start(2) + len(user) + 1, match.end(2)))
     if "=" in text:
-        spans += [(m.end(1), m.end()) for m in QUERY_SECRET.finditer(text)]
-        spans += [(m.start(2), m.end(2)) for m in KEYWORD_SECRET.finditer(text)]
+        found = [(m.end(1), m.end()) for m in QUERY_SECRET.finditer(text)]
+        found += [(m.start(2), m.end(2)) for m in KEYWORD_SECRET.finditer(text)]
+        # A value already hidden as a registered secret ends there: what follows it
+        # is the message's own (the quote and colon after a URL, "?password=***': x").
+        spans += [(s, s + len(MASK)) if text.startswith(MASK, s) else (s, e) for s, e in found]
     return spans
 
 

@@ -338,3 +338,14 @@ def test_passwords_in_the_command_do_not_show_in_its_default_name(command: list[
     shown = redact.redact(f"contending for /run/coordinator/{name}.lock as {name}")
     assert not leaks(shown, SECRET) and redact.MASK in shown, shown
     assert name == default_name(tuple(command))
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_text_after_a_hidden_query_password_stays() -> None:
+    """The quote and colon after a URL in an error line are the message's, not the
+    password's: once the registered password is hidden, the shape stops there."""
+    url = "redis+sentinel://:Tz4nR7xB@h:1/s?sentinel_password=Kq8vZ2mW"
+    redact.register_url(url)
+    assert redact.redact(f"malformed {url!r}: no service") == (
+        "malformed 'redis+sentinel://:***@h:1/s?sentinel_password=***': no service"
+    )
