@@ -137,6 +137,7 @@ def test_completion_with_odd_variables_is_a_usage_error(
         (f"redis+sentinel://:{SECRET}@127.0.0.1:\u0663/s", "is not host or host:port"),
         (f"redis://:{SECRET}@127.0.0.1:{CLOSED}/\u0663", "must be a database number"),
         (f"rediss://:{SECRET}@127.0.0.1:{CLOSED}/0?ssl_ca_certs=/nonexistent", "does not exist"),
+        (f"redis+sentinel://127.0.0.1:{CLOSED}/s?=x", "an option without a name"),
         (
             f"rediss+sentinel://:{SECRET}@127.0.0.1:{CLOSED}/s?ssl_ca_certs=/nonexistent",
             "?ssl_ca_certs=/nonexistent does not exist",
@@ -154,6 +155,7 @@ def test_completion_with_odd_variables_is_a_usage_error(
         "sentinel-port-not-ascii",
         "db-not-ascii",
         "ca-missing",
+        "option-without-a-name",
         "sentinel-ca-missing",
         "sentinel-client-cert-missing",
     ],

@@ -203,8 +203,8 @@ def check_db(text: str, shown: str) -> None:
 
 def option_error(exc: Exception) -> str:
     detail = str(exc)
-    if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w+)'", detail)):
-        detail = f"unknown option {bad.group(1)!r}"
+    if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w*)'", detail)):
+        detail = f"unknown option {bad.group(1)!r}" if bad.group(1) else "an option without a name"
     return detail
 
 
