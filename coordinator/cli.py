@@ -21,7 +21,14 @@ import click
 
 from coordinator import __version__, limits, options, redact
 from coordinator.config import Config
-from coordinator.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, CoordinatorError
+from coordinator.errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    ConfigError,
+    CoordinatorError,
+    OutputGone,
+)
+from coordinator.output import emit
 
 if TYPE_CHECKING:
     from coordinator.observe import Tracker
@@ -36,7 +43,8 @@ EPILOG_RUN = (
 )
 EPILOG_STATUS = (
     "Exit status: 0 held; 1 free; 2 usage error; 3 the backend refused our "
-    "credentials; 69 the backend could not tell (unreachable or no answer in time). "
+    "credentials; 69 the backend could not tell (unreachable or no answer in time); "
+    "74 the answer could not be written (141: its reader went away). "
     "A command that is itself called 'status' runs with: coordinator -- status."
 )
 
@@ -68,8 +76,25 @@ def _parameter(option: options.Option) -> click.Option:
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        click.echo(f"coordinator {__version__}")
+        emit(f"coordinator {__version__}")
         ctx.exit()
+
+
+def _help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        emit(ctx.get_help())
+        ctx.exit()
+
+
+class _Command(click.Command):
+    """click's command, with --help written like every other answer (coordinator.output):
+    click's own turns a closed pipe into exit 1, which from `status` means "free"."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.callback = _help
+        return option
 
 
 def _completion(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -105,7 +130,7 @@ def build(command: str) -> click.Command:
                 _completion,
             ),
         ]
-        return click.Command(
+        return _Command(
             "coordinator",
             callback=run,
             params=params,
@@ -116,7 +141,7 @@ def build(command: str) -> click.Command:
                 "help_option_names": ["-h", "--help"],
             },
         )
-    return click.Command(
+    return _Command(
         "status",
         callback=status,
         params=params,
@@ -170,6 +195,7 @@ def run(
     from coordinator.supervisor import Supervisor
 
     redact.register_url(url)
+    redact.register_command(command)
 
     kwargs: dict[str, object] = {}
     if node_id:
@@ -218,6 +244,7 @@ def status(
     from coordinator.status import status as show
 
     redact.register_url(url)
+    redact.register_command(command)
     if not name and not command:
         raise ConfigError("status needs --name NAME, or after '--' the command the supervisors run")
     limits.seconds("--timeout", timeout, 0, limits.MAX_SECONDS, above=True)
@@ -278,9 +305,13 @@ def fail(message: str, code: int) -> NoReturn:
             "event": "error",
             "exit_code": code,
         }
-        sys.stderr.write(json.dumps(line, ensure_ascii=False) + "\n")
+        out = json.dumps(line, ensure_ascii=False) + "\n"
     else:
-        sys.stderr.write(f"coordinator: error: {escape(text)}\n")
+        out = f"coordinator: error: {escape(text)}\n"
+    # A closed or full stderr (2>&-) loses the line, not the exit code.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(out)
+        sys.stderr.flush()
     sys.exit(code)
 
 
@@ -298,12 +329,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if args[:1] == ["status"]:
         which, prog, args = options.STATUS, "coordinator status", args[1:]
     command = build(which)
-    if which == options.RUN and os.environ.get("_COORDINATOR_COMPLETE"):
-        from coordinator import completion
-
-        sys.exit(completion.complete(command, os.environ["_COORDINATOR_COMPLETE"]))
     try:
+        if which == options.RUN and os.environ.get("_COORDINATOR_COMPLETE"):
+            from coordinator import completion
+
+            sys.exit(completion.complete(command, os.environ["_COORDINATOR_COMPLETE"]))
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
+    except OutputGone as exc:
+        sys.exit(exc.exit_code)  # silent, as a program killed by SIGPIPE
     except CoordinatorError as exc:
         fail(str(exc), exc.exit_code)
     except click.exceptions.Exit as exc:

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import click
-from click.shell_completion import ShellComplete, get_completion_class, shell_complete
+from click.shell_completion import ShellComplete, get_completion_class
 
 from coordinator.errors import ConfigError
+from coordinator.output import emit
 
 PROG, VARIABLE = "coordinator", "_COORDINATOR_COMPLETE"
 
@@ -24,21 +25,34 @@ PLACES = {
 def complete(command: click.Command, instruction: str) -> int:
     """Answer the completion script. Scripts installed by earlier versions (built with
     typer) ask `complete_bash`, where click asks `bash_complete`."""
-    action, _, shell = instruction.partition("_")
-    if action in ("complete", "source") and shell:
-        if action == "complete" and shell == "bash":
-            # The earlier bash script takes one bare word per line.
-            words, incomplete = _words()
-            for item in _completer(command, "bash").get_completions(words, incomplete):
-                click.echo(item.value)
-            return 0
-        instruction = f"{shell}_{action}"
-    return shell_complete(command, {}, PROG, VARIABLE, instruction)
+    shell, _, action = instruction.partition("_")
+    try:
+        if shell in ("complete", "source") and action:  # typer's order: complete_bash
+            shell, action = action, shell
+            if action == "complete" and shell == "bash":
+                # The earlier bash script takes one bare word per line.
+                words, incomplete = _words()
+                for item in _completer(command, "bash").get_completions(words, incomplete):
+                    emit(item.value)
+                return 0
+        # click's shell_complete(), written through coordinator.output.
+        cls = get_completion_class(shell)
+        if cls is None or action not in ("source", "complete"):
+            return 1
+        comp = cls(command, {}, PROG, VARIABLE)
+        emit(comp.source() if action == "source" else comp.complete())
+        return 0
+    except (KeyError, ValueError) as exc:
+        # Only a shell's completion script sets these; by hand they can be anything.
+        raise ConfigError(
+            f"shell completion needs COMP_WORDS and a word number in COMP_CWORD "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _words() -> tuple[list[str], str]:
     words = os.environ.get("COMP_WORDS", "").split()
-    cword = int(os.environ.get("COMP_CWORD", "0") or 0)
+    cword = max(0, int(os.environ.get("COMP_CWORD", "0") or 0))
     args = words[1:cword]
     incomplete = words[cword] if cword < len(words) else ""
     return args, incomplete
@@ -66,7 +80,7 @@ def act(command: click.Command, which: str) -> None:
     shell = _shell()
     script = _completer(command, shell).source()
     if which == "show_completion":
-        click.echo(script)
+        emit(script)
         return
     target, rc = (Path(os.path.expanduser(p)) if p else None for p in PLACES[shell])
     assert target is not None
@@ -81,4 +95,4 @@ def act(command: click.Command, which: str) -> None:
                     f.write(f"\n{line}\n")
     except OSError as exc:
         raise ConfigError(f"cannot install the completion script: {exc}") from exc
-    click.echo(f"{shell} completion installed in {target}; it works in new shells.")
+    emit(f"{shell} completion installed in {target}; it works in new shells.")

@@ -11,8 +11,10 @@ EXIT_BACKEND_REJECTED = 3  # the backend refused us for good: credentials, permi
 EXIT_WAIT_TIMEOUT = 4  # --wait-timeout passed without acquiring the lease
 EXIT_UNAVAILABLE = 69  # status: the backend could not tell (EX_UNAVAILABLE)
 EXIT_INTERNAL = 70  # a bug: an unexpected exception (EX_SOFTWARE)
+EXIT_OUTPUT = 74  # the answer could not be written to stdout (EX_IOERR)
 EXIT_NOT_EXECUTABLE = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127  # the command was not found
+EXIT_OUTPUT_GONE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 
 class CoordinatorError(Exception):
@@ -57,3 +59,17 @@ class LeaseLost(CoordinatorError):
     def __init__(self, message: str, stop_now: bool = False) -> None:
         super().__init__(message)
         self.stop_now = stop_now
+
+
+class OutputError(CoordinatorError):
+    """The answer (status, --help, --version, completion) could not be written to
+    stdout: a full disk, an I/O error."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class OutputGone(OutputError):
+    """The reader of stdout went away (`coordinator status | head -0`): no line, and
+    the code of a program killed by SIGPIPE, never the code of an answer."""
+
+    exit_code = EXIT_OUTPUT_GONE

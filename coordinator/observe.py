@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -111,6 +112,13 @@ class StatusFile:
         # (mkstemp): another user cannot plant a link there for us to write through.
         import tempfile  # here: it imports shutil and random, which the rest never needs
 
+        # The rename replaces whatever is there: never a device (run as root,
+        # --status-file /dev/null would leave a regular file in its place), a pipe, a
+        # socket or a directory.
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.lstat(self.path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise OSError(f"{self.path} exists and is not a regular file; it is left alone")
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
@@ -304,7 +312,8 @@ class JsonFormatter(logging.Formatter):
 def parse_address(address: str) -> tuple[str, int]:
     """HOST:PORT, [IPv6]:PORT or :PORT (every interface) for the metrics server."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    # isascii: int() reads digits of any script ("٣" is 3).
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ConfigError(
             f"--metrics-address must be HOST:PORT or :PORT (every interface), got {address!r}"
         )

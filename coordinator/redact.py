@@ -39,8 +39,10 @@ SECRET_VARIABLES = ("PGPASSWORD", "CONSUL_HTTP_TOKEN")
 SECRET_WORD = r"[\w.-]*(?:password|passwd|pwd|token|secret)[\w.-]*"
 # scheme://userinfo@ up to the last '@' before whitespace.
 URL_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s@]*(?:@[^\s@]*)*)@")
-# ?password=... and &token=... in a URL's query: the value ends at '&' or whitespace.
-QUERY_SECRET = re.compile(rf"([?&]{SECRET_WORD}=)[^&\s]*", re.IGNORECASE)
+# ?password=... and &token=... in a URL's query: the value ends at whitespace or at an
+# '&' that starts the next name=value pair; a raw password may hold '&', '#', '?', '@'.
+QUERY_VALUE = r"(?:[^&\s]|&(?![\w.-]*=))*"
+QUERY_SECRET = re.compile(rf"([?&]{SECRET_WORD}=){QUERY_VALUE}", re.IGNORECASE)
 # libpq's key=value form: password=value or password='quoted value'.
 KEYWORD_SECRET = re.compile(
     rf"((?<![?&\w]){SECRET_WORD}\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE
@@ -58,7 +60,10 @@ def register(*values: str | None) -> None:
     for value in values:
         if not value:
             continue
-        for form in (value, unquote(value), unquote_plus(value), quote(value, safe="")):
+        # surrogateescape: a byte of the command line or environment that is not UTF-8
+        # is percent-encoded as the byte it is, as a client would.
+        encoded = quote(value, safe="", errors="surrogateescape")
+        for form in (value, unquote(value), unquote_plus(value), encoded):
             if len(form) >= MIN_SECRET and form != MASK:
                 found.add(form)
     pieces = {form[i : i + FRAGMENT] for form in found for i in range(len(form) - FRAGMENT + 1)}
@@ -89,7 +94,9 @@ def url_secrets(url: str) -> list[str]:
             for key, value in parse_qsl(tail, keep_blank_values=True):
                 if re.fullmatch(SECRET_WORD, key, re.IGNORECASE):
                     found.append(value)
-            found += [m.group(0).split("=", 1)[1] for m in QUERY_SECRET.finditer("?" + tail)]
+        # And the value as written, raw, up to the next name=value pair: a client may
+        # end it at '#', '?' or '&', and the text after that is part of the secret too.
+        found += [m.group(0).split("=", 1)[1] for m in QUERY_SECRET.finditer(rest)]
     else:
         for match in KEYWORD_SECRET.finditer(url):
             value = match.group(2)
@@ -124,11 +131,55 @@ def register_arguments(args: Iterable[str]) -> None:
             register_url(word[len("--url=") :])
 
 
-def _authority(match: re.Match[str]) -> str:
-    userinfo = match.group(2)
-    if ":" not in userinfo:
-        return match.group(0)  # a user name alone
-    return f"{match.group(1)}{userinfo.split(':', 1)[0]}:{MASK}@"
+def register_command(words: Iterable[str]) -> None:
+    """What the command's arguments hold shaped like a password (a URL's
+    user:password@, ?password=, password=..., the word after --password): the default
+    lock name is derived from these words, so it would show them. Also registered as
+    the name's readable part writes them (other characters as '-')."""
+    found: list[str] = []
+    previous = ""
+    for word in words:
+        if re.fullmatch(rf"--?{SECRET_WORD}", previous, re.IGNORECASE):
+            found.append(word)
+        found += [word[start:end] for start, end in _shape_spans(word)]
+        previous = word
+    register(*found, *(re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-") for value in found))
+
+
+def _shape_spans(text: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    if "://" in text:
+        for match in URL_AUTHORITY.finditer(text):
+            user, colon, _ = match.group(2).partition(":")
+            if colon:  # a user name alone is no secret
+                spans.append((match.start(2) + len(user) + 1, match.end(2)))
+    if "=" in text:
+        found = [(m.end(1), m.end()) for m in QUERY_SECRET.finditer(text)]
+        found += [(m.start(2), m.end(2)) for m in KEYWORD_SECRET.finditer(text)]
+        # A value already hidden as a registered secret ends there: what follows it
+        # is the message's own (the quote and colon after a URL, "?password=***': x").
+        spans += [(s, s + len(MASK)) if text.startswith(MASK, s) else (s, e) for s, e in found]
+    return spans
+
+
+def shapes(text: str) -> str:
+    """`text` with every password-shaped part hidden. Each rule is matched on the text
+    as given and the parts they find are hidden together, so one rule cannot hide from
+    another what it needs (a raw '@' in a ?sentinel_password= value is also the last
+    '@' of a URL authority)."""
+    spans = _shape_spans(text)
+    if not spans:
+        return text
+    out: list[str] = []
+    last = 0
+    for start, end in sorted(spans):
+        if start < last:  # overlaps the part hidden before: hide up to the later end
+            out[-1] = MASK
+            last = max(last, end)
+            continue
+        out += [text[last:start], MASK]
+        last = end
+    return "".join(out) + text[last:]
 
 
 def redact(text: str) -> str:
@@ -140,12 +191,7 @@ def redact(text: str) -> str:
             text = text.replace(secret, MASK)
     if _fragments:
         text = _mask_fragments(text, _fragments)
-    if "://" in text:
-        text = URL_AUTHORITY.sub(_authority, text)
-    if "=" in text:
-        text = QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
-        text = KEYWORD_SECRET.sub(rf"\g<1>{MASK}", text)
-    return text
+    return shapes(text)
 
 
 def _mask_fragments(text: str, fragments: frozenset[str]) -> str:

@@ -19,6 +19,7 @@ from coordinator.backends.base import Backend, HolderInfo
 from coordinator.config import Config
 from coordinator.errors import EXIT_FREE, EXIT_HELD, BackendUnavailable
 from coordinator.observe import escape, iso
+from coordinator.output import emit
 
 
 def ask(backend: Backend, name: str, timeout: float) -> HolderInfo | None:
@@ -107,7 +108,7 @@ def status(config: Config, as_json: bool, timeout: float) -> int:
     except BackendUnavailable as exc:
         if as_json:
             report = describe(config, where, None) | {"held": None, "error": str(exc)}
-            print(json.dumps(redact.clean(report)))
+            emit(json.dumps(redact.clean(report)))
         raise BackendUnavailable(f"cannot tell who holds {where}: {exc}") from exc
     with contextlib.suppress(Exception):  # best effort: the answer is already in
         backend.close()
@@ -116,7 +117,7 @@ def status(config: Config, as_json: bool, timeout: float) -> int:
     # node wrote. Text shows control characters escaped, one field per line.
     report = redact.clean(report)
     if as_json:
-        print(json.dumps(report))
+        emit(json.dumps(report))
     else:
-        print(render({key: escape(v) if isinstance(v, str) else v for key, v in report.items()}))
+        emit(render({key: escape(v) if isinstance(v, str) else v for key, v in report.items()}))
     return EXIT_HELD if holder is not None else EXIT_FREE

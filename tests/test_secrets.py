@@ -20,6 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from coordinator import redact
+from coordinator.config import default_name
 from tests.cluster import run_cli, spawn_cli, stop_cli, wait_until
 from tests.servers import ConsulServer, PostgresServer, RedisServer, free_port
 
@@ -288,3 +289,63 @@ def test_secret_parameters_and_variables() -> None:
     assert redact.redact("redis://h/0?password=abc&db=1") == "redis://h/0?password=***&db=1"
     assert redact.redact("host=h password='a b' port=1") == "host=h password=*** port=1"
     assert redact.redact("fencing token 17, since 3s") == "fencing token 17, since 3s"
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_raw_sentinel_password_with_reserved_characters_never_shows() -> None:
+    """In the query, after the sentinels: the last '@' is inside the password, so the
+    URL shape cannot hide what follows it; its value, read up to the next name=value
+    pair, is registered whole."""
+    url = f"redis+sentinel://:x@127.0.0.1:1/svc?sentinel_password={SECRET}&db=0"
+    redact.register_url(url)
+    for text in (f"contending on {url}", f"bad {SECRET}", f'{{"url": "{url}"}}'):
+        assert not leaks(redact.redact(text), SECRET), redact.redact(text)
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_secret_that_is_not_utf8_registers() -> None:
+    """A byte of the command line or environment that is not UTF-8 (a lone surrogate
+    in Python) is hidden as it is, and in the percent-encoded form of that byte."""
+    redact.register_url("redis://:pass\udcffword@h/0")
+    assert redact.redact("a pass\udcffword b pass%FFword c") == "a *** b *** c"
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_misplaced_url_with_a_raw_query_password_is_hidden_by_its_shape() -> None:
+    """Not registered (given to --backend, or as the command, by mistake): the shapes
+    alone hide it, although its password's raw '@' is also the authority's last '@'."""
+    url = f"redis+sentinel://:x@127.0.0.1:1/svc?sentinel_password={SECRET}"
+    assert not leaks(redact.redact(f"unknown backend {url!r} (choose from file)"), SECRET)
+
+
+@pytest.mark.usefixtures("clean_registry")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["celery", "beat", "-b", f"redis://:{SECRET}@h/0"],
+        ["app", f"--db-password={SECRET}"],
+        ["env", f"PGPASSWORD={SECRET}", "app"],
+        ["app", "--password", SECRET],
+        ["app", f"redis+sentinel://h/s?sentinel_password={SECRET}"],
+    ],
+)
+def test_passwords_in_the_command_do_not_show_in_its_default_name(command: list[str]) -> None:
+    """The default lock name is derived from the command's words, and every log line,
+    `status` and the metrics show it: what is shaped like a password there is hidden,
+    while the name (the lock key) stays the one every node and earlier versions derive."""
+    name = default_name(tuple(command))
+    redact.register_command(command)
+    shown = redact.redact(f"contending for /run/coordinator/{name}.lock as {name}")
+    assert not leaks(shown, SECRET) and redact.MASK in shown, shown
+    assert name == default_name(tuple(command))
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_text_after_a_hidden_query_password_stays() -> None:
+    """The quote and colon after a URL in an error line are the message's, not the
+    password's: once the registered password is hidden, the shape stops there."""
+    url = "redis+sentinel://:Tz4nR7xB@h:1/s?sentinel_password=Kq8vZ2mW"
+    redact.register_url(url)
+    assert redact.redact(f"malformed {url!r}: no service") == (
+        "malformed 'redis+sentinel://:***@h:1/s?sentinel_password=***': no service"
+    )

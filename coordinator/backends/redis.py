@@ -169,16 +169,42 @@ def client_options(timeout: float) -> dict[str, Any]:
     }
 
 
+# The ?ssl_*= options that name a file (or, ssl_ca_path, a directory) read at connect.
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+# Redis reads a database number as a C int.
+MAX_DB = 2**31 - 1
+
+
 def check_options(client: redis.Redis) -> None:
-    """Build (not connect) one connection: an unknown ?option= fails here."""
+    """Build (not connect) one connection: an unknown ?option= fails here. A TLS file
+    that cannot be read would fail every connection alike, as "cannot reach"."""
     pool = client.connection_pool
     pool.connection_class(**pool.connection_kwargs)
+    db = pool.connection_kwargs.get("db") or 0
+    if isinstance(db, int) and db > MAX_DB:  # ?db=; a negative one the server refuses
+        raise ConfigError(f"the database number must be 0 to {MAX_DB}, got {db}")
+    for name in TLS_FILES:
+        path = pool.connection_kwargs.get(name)
+        if path and not os.access(path, os.R_OK):
+            why = "does not exist" if not os.path.exists(path) else "cannot be read"
+            raise ConfigError(f"the redis URL's ?{name}={path} {why}")
+
+
+def check_db(text: str, shown: str) -> None:
+    """A database number: ASCII digits (int() takes any script's) up to MAX_DB (beyond
+    it the server answers "value is not an integer or out of range", which no waiting
+    changes)."""
+    if not re.fullmatch(r"[0-9]+", text) or int(text) > MAX_DB:
+        raise ConfigError(
+            f"the database number must be 0 to {MAX_DB} (the server's `databases` sets "
+            f"the real limit), got {text!r} in {shown!r}"
+        )
 
 
 def option_error(exc: Exception) -> str:
     detail = str(exc)
-    if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w+)'", detail)):
-        detail = f"unknown option {bad.group(1)!r}"
+    if isinstance(exc, TypeError) and (bad := re.search(r"argument '(\w*)'", detail)):
+        detail = f"unknown option {bad.group(1)!r}" if bad.group(1) else "an option without a name"
     return detail
 
 
@@ -358,8 +384,11 @@ def check_url(url: str) -> None:
         return  # redis-py says what is wrong with it
     if port == 0:
         raise ConfigError(f"invalid port 0 in the redis URL {redact_url(url)!r}")
-    if parts.scheme != "unix" and not re.fullmatch(r"/?(\d+)?", unquote(parts.path)):
+    path = unquote(parts.path)
+    if parts.scheme != "unix" and not re.fullmatch(r"/?([0-9]+)?", path):
         raise ConfigError(
             f"the redis URL's path must be a database number like /0, got "
-            f"{unquote(parts.path)!r} in {redact_url(url)!r}"
+            f"{path!r} in {redact_url(url)!r}"
         )
+    if parts.scheme != "unix" and path.strip("/"):
+        check_db(path.strip("/"), redact_url(url))

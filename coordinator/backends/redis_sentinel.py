@@ -36,6 +36,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 from coordinator.backends.base import HolderInfo, Lease
 from coordinator.backends.redis import (
     RedisBackend,
+    check_db,
     check_options,
     client_options,
     option_error,
@@ -81,8 +82,10 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0]:
         raise bad("no service name (the primary's name in Sentinel) after the sentinels")
-    if len(path) > 2 or (len(path) == 2 and not re.fullmatch(r"\d+", path[1])):
+    if len(path) > 2 or (len(path) == 2 and not re.fullmatch(r"[0-9]+", path[1])):
         raise bad(f"the path must be /service or /service/<database number>, got {parts.path!r}")
+    if len(path) == 2:
+        check_db(path[1], shown)
     options: list[tuple[str, str]] = []
     sentinel_auth: dict[str, str] = {}
     try:
@@ -118,7 +121,7 @@ def _split(url: str) -> _Parts:
 
 
 def parse_host(item: str, bad: Any) -> Address:
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d*))?", item)
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]*))?", item)
     if match is None:
         raise bad(f"sentinel {item!r} is not host or host:port")
     host, port = match.group(1).strip("[]"), match.group(2)
