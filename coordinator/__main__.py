@@ -9,9 +9,10 @@ coordinator.cli, which tests and other programs import.
 
 import signal
 
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored (nohup, &)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-from coordinator.cli import entry  # noqa: E402  (after the signal disposition)
+from coordinator.cli import entry  # after the signal disposition
 
 
 def main() -> None:
