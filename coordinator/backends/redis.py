@@ -142,6 +142,8 @@ def translate(exc: Exception, where: str) -> Exception:
     (refused, timeouts, LOADING after a restart, READONLY during a failover, OOM,
     anything unknown) is BackendUnavailable and retried; see docs/exit-codes.md."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    # "unknown command 'EVALSHA', with args beginning with: ..." quotes our lease token.
+    text = text.split(", with args beginning with", 1)[0]
     if tls.verification_failed(exc):
         return BackendRejected(tls.describe("redis", where, text))
     if text.startswith(CONFIG_TEXT) or isinstance(
