@@ -16,10 +16,10 @@
   a head sends its query again then, one further back every LOOK_TTLS ttls, after
   looking at the line: under one request per ttl.
 - Acquire: one transaction checks that the key is unchanged (or absent) and locks it
-  with the ready session, then the check is registered again with the ttl. A standby
-  that loses the race keeps its session (no create/destroy storm) and pauses a moment,
-  out of step with the others, before it reads the key: the winner's child starts
-  among every standby the release woke.
+  with the ready session, then the check is registered again with the ttl, and the
+  winner leaves the line. A standby that loses the race keeps its session (no
+  create/destroy storm) and reads the key again (after a pause, out of step with the
+  others, if it had no place in the line and so woke with all of them).
 - Release unlocks the key (no lock-delay) and removes the check, which ends the
   session.
 - Fencing token: Flags + the Raft index of the write that locked the key. Flags is a
@@ -72,8 +72,9 @@ BACKSTOP_TTLS = 30
 WATCH_WAIT = 300.0
 # A free key that cannot be locked is inside its lock-delay: look again this often.
 FREE_POLL = 0.25
-# After losing a race for a released key, a standby pauses this long (in ttls, with
-# jitter) before it reads the key again.
+# After losing a race for a released key, a standby with no place in the line (woken
+# with all the others) pauses this long (in ttls, with jitter) before it reads the key
+# again; a head of the line reads it at once.
 LOST_RACE_PAUSE = 0.2
 # A standby's check: its TTL, and how often the standby passes it and sends its
 # blocking query again, in ttls. A pass is due after STANDBY_PASS ttls and forced
@@ -755,11 +756,16 @@ class ConsulBackend(Backend):
         every LOOK_TTLS ttls. acquire() then uses what the key was when last seen: no
         request of its own."""
         if name in self._lost_race:
-            # Another standby won a race: its child starts now, among the heads the
-            # release woke. Stay out of its way a moment, out of step with the
-            # others, before reading the key and waiting again (a crash of the new
-            # holder takes at least the lock-delay to free the key anyway).
             self._lost_race.discard(name)
+            if (line := self._lines.get(name)) is not None and line.head:
+                # Woken with only a few others: read the key and wait again at once,
+                # ready for a release that may come right after.
+                return
+            # Another standby won a race: its child starts now, among every standby
+            # the release woke (we had no place in the line). Stay out of its way a
+            # moment, out of step with the others, before reading the key and waiting
+            # again (a crash of the new holder takes at least the lock-delay to free
+            # the key anyway).
             time.sleep(min(timeout, LOST_RACE_PAUSE * self.ttl * random.uniform(0.5, 1.5)))
             return
         if name in self._free_seen or timeout < 0.1:
