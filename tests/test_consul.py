@@ -587,3 +587,19 @@ def test_a_standby_that_stops_leaves_the_line(consul_url: str) -> None:
         holder.release(lease)
     finally:
         holder.close()
+
+
+def test_a_place_in_the_line_counts_only_live_entries_in_their_order() -> None:
+    from coordinator.backends.consul_line import HEADS, place
+
+    def entry(key: str, create: int, session: str = "s") -> dict[str, Any]:
+        return {"Key": key, "CreateIndex": create, "ModifyIndex": create, "Session": session}
+
+    # Listed out of order, with a released entry that does not count.
+    entries = [entry(f"k{i}", 10 + i) for i in range(HEADS + 2)][::-1]
+    entries.append(entry("gone", 1, session=""))
+    assert place(entries, "k0") == (0, None, [entries[-1]])
+    assert place(entries, f"k{HEADS - 1}")[:2] == (HEADS - 1, None)
+    assert place(entries, f"k{HEADS}")[:2] == (HEADS, entry("k0", 10))
+    assert place(entries, f"k{HEADS + 1}")[:2] == (HEADS + 1, entry("k1", 11))
+    assert place(entries, "gone")[:2] == (None, None)
