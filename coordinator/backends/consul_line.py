@@ -26,6 +26,7 @@ import contextlib
 import http.client
 import json
 import random
+import select
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,8 +106,9 @@ class Line:
         self.key, self.prefix, self.value = key, f"{key}/line/", value
         self.session: str | None = None  # the session our line key is locked by
         self.head = False  # placed among the heads: no more looks until the session changes
-        # A delete sent on a connection of its own, unread, and its key.
-        self.leaving: tuple[http.client.HTTPConnection | None, str] | None = None
+        # A delete sent on a connection of its own, unread; its key; whether to send it
+        # again if it fails.
+        self.leaving: tuple[http.client.HTTPConnection | None, str, bool] | None = None
 
     def path(self, key: str) -> str:
         return f"/v1/kv/{key}"
@@ -165,7 +167,7 @@ class Line:
 
     def leave(self) -> None:
         """Delete our line key (a graceful stop, or a new session)."""
-        self.settle()
+        self.settle(wait=True)
         if self.session is not None:
             session, self.session, self.head = self.session, None, False
             self.request("DELETE", self.path(self.prefix + session))
@@ -174,16 +176,20 @@ class Line:
         """Send the delete of our line key on a connection of its own (the standby took
         the lock: its child starts meanwhile); settle() reads the answer."""
         if self.session is not None:
-            self.settle()
+            self.settle(wait=True)
             key, self.session, self.head = self.prefix + self.session, None, False
-            self.leaving = (self.send("DELETE", quote(self.path(key), safe="/:")), key)
+            self.leaving = (self.send("DELETE", quote(self.path(key), safe="/:")), key, True)
 
-    def settle(self) -> None:
-        """Read the answer to the delete leave_soon() sent; if it failed, delete once
-        more (else the key goes when the session ends, released for a look to delete)."""
+    def settle(self, wait: bool = False) -> None:
+        """Read the answer to the delete leave_soon() sent, once it has come (or now,
+        with `wait`). If the delete failed, send it once more (now, with `wait`);
+        failing again, the key stays until the session ends, then a look deletes it."""
         if self.leaving is None:
             return
-        (conn, key), self.leaving = self.leaving, None
+        conn, key, again = self.leaving
+        if conn is not None and not wait and not readable(conn):
+            return  # not answered yet: a holder's renewal does not wait for it
+        self.leaving = None
         status = 0
         if conn is not None:
             with contextlib.suppress(OSError, http.client.HTTPException):
@@ -191,6 +197,17 @@ class Line:
                 response.read()
                 status = response.status
             conn.close()
-        if status != 200:
+        if status == 200 or not again:
+            return
+        if wait:
             with contextlib.suppress(*REFUSED):
                 self.request("DELETE", self.path(key))
+        else:
+            self.leaving = (self.send("DELETE", quote(self.path(key), safe="/:")), key, False)
+
+
+def readable(conn: http.client.HTTPConnection) -> bool:
+    try:
+        return conn.sock is None or bool(select.select([conn.sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
