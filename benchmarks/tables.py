@@ -41,7 +41,8 @@ WHY: dict[str, dict[str, str]] = {
         "redis": "a standby looks again whenever the lease it saw last would run out",
         "postgres": "one blocking pg_advisory_lock per ttl, but 5 round trips around it: "
         "BEGIN, set_config of the timeouts, the lock, ROLLBACK, then pg_try_advisory_lock",
-        "consul": "a blocking query and a check pass every 3 ttls, a session renewal every 15",
+        "consul": "a blocking query and a check pass every 3 ttls (further back in the line: "
+        "a look and a query every 6, a pass every 3.5), a session renewal every 15",
     },
     "start": {"": "the interpreter and the client library's imports take most of it"},
     "handoff": {"": "see docs/benchmarks.md"},
@@ -49,9 +50,9 @@ WHY: dict[str, dict[str, str]] = {
     "scale": {
         "redis": "a release wakes every standby at once (pub/sub) and each runs its acquire "
         "script: the new child waits for CPU among them on this 2-core machine",
-        "consul": "a release ends every standby's blocking query at once and each sends "
-        "one transaction with its ready session (the losers keep theirs, then read the key "
-        "once): the new child waits for CPU among them on this 2-core machine",
+        "consul": "a release wakes the 3 heads of the line of standbys, each sends one "
+        "transaction with its ready session: what is left is the new child's start on a "
+        "loaded 2-core machine",
         "postgres": "the server is busy with deadlock checks (see backend CPU), so some "
         "standbys' calls run past their timeout and are retried",
     },

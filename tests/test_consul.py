@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +43,17 @@ def our_checks(url: str, key: str = "") -> dict[str, Any]:
     checks = api(url, "GET", "/v1/agent/checks") or {}
     mine = f"coordinator-{hashlib.sha256(key.encode()).hexdigest()[:12]}-" if key else ""
     return {k: v for k, v in checks.items() if k.startswith(mine or "coordinator-")}
+
+
+def line_entries(url: str, key: str) -> list[dict[str, Any]]:
+    """The line of standbys on a lock key, in its order."""
+    try:
+        entries = api(url, "GET", f"/v1/kv/{key}/line/?recurse") or []
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        return []
+    return sorted(entries, key=lambda e: int(e["CreateIndex"]))
 
 
 def coordinator(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -325,6 +337,7 @@ def test_kill_9_takeover_within_ttl_plus_lock_delay_and_no_leaks(
         time.sleep(2.0)
         cluster.stop_all()
         wait_until(lambda: not our_checks(consul_url, f"{prefix}probe"), timeout=5)
+        assert not line_entries(consul_url, f"{prefix}probe")
         assert not [
             s for s in api(consul_url, "GET", "/v1/session/list") if "coordinator" in s["Name"]
         ]
@@ -354,16 +367,18 @@ def test_session_destroyed_out_of_band_with_a_slow_child(consul_url: str, tmp_pa
 
 
 def test_request_budget_of_an_idle_holder_and_standby(consul_url: str, tmp_path: Path) -> None:
-    """One request per renewal for the holder (3 per ttl), one blocking query per ttl
-    for a standby, counted by a proxy in front of each."""
+    """One request per renewal for the holder (3 per ttl), under one per ttl for a head
+    of the line of standbys and for a standby further back, counted by a proxy in front
+    of each; nothing left in the line once they stop."""
     from urllib.parse import urlsplit
 
     from benchmarks.proxy import ProxyHub
+    from coordinator.backends.consul_line import HEADS, LOOK_TTLS
 
     port = urlsplit(consul_url).port
     assert port is not None
     hub = ProxyHub()
-    holder_proxy, standby_proxy = hub.add(port, "consul"), hub.add(port, "consul")
+    holder_proxy, heads_proxy, back_proxy = (hub.add(port, "consul") for _ in range(3))
     prefix = f"test-{uuid.uuid4().hex[:8]}/"
     cluster = Cluster(tmp_path, ["-b", "consul", "--key-prefix", prefix, "--safety-delay", "0"])
     cluster.ttl = TTL
@@ -371,26 +386,38 @@ def test_request_budget_of_an_idle_holder_and_standby(consul_url: str, tmp_path:
         cluster.backend_args[2:2] = ["--url", f"http://127.0.0.1:{holder_proxy.port}"]
         cluster.start(grace=1.0)
         cluster.wait_starts(1, timeout=TTL + 10)
-        cluster.backend_args[3] = f"http://127.0.0.1:{standby_proxy.port}"
-        standby = cluster.start(grace=1.0)
-        time.sleep(TTL / 3 + 1.5)  # past the standby's first look and the first renewal
-        holder_proxy.reset()
-        standby_proxy.reset()
-        window = 3 * TTL
+        cluster.backend_args[3] = f"http://127.0.0.1:{heads_proxy.port}"
+        for _ in range(HEADS):
+            cluster.start(grace=1.0)
+        wait_until(lambda: len(line_entries(consul_url, f"{prefix}probe")) == HEADS, timeout=20)
+        cluster.backend_args[3] = f"http://127.0.0.1:{back_proxy.port}"
+        back = cluster.start(grace=1.0)
+        wait_until(lambda: len(line_entries(consul_url, f"{prefix}probe")) == HEADS + 1, 20)
+        time.sleep(TTL / 3 + 1.5)  # past the first renewal
+        for proxy in (holder_proxy, heads_proxy, back_proxy):
+            proxy.reset()
+        window = LOOK_TTLS * TTL  # one look by the standby further back
         time.sleep(window)
-        holder, waiting = holder_proxy.counts(), standby_proxy.counts()
-        assert standby.poll() is None and len(cluster.starts()) == 1
+        holder, heads, waiting = (p.counts() for p in (holder_proxy, heads_proxy, back_proxy))
+        assert back.poll() is None and len(cluster.starts()) == 1
     finally:
         cluster.stop_all()
         hub.close()
+    assert not line_entries(consul_url, f"{prefix}probe")
     per_ttl = {
         "holder": sum(holder.values()) / (window / TTL),
-        "standby": sum(waiting.values()) / (window / TTL),
+        "head": sum(heads.values()) / HEADS / (window / TTL),
+        "further back": sum(waiting.values()) / (window / TTL),
     }
-    print(f"requests per ttl: {per_ttl}; holder {dict(holder)}; standby {dict(waiting)}")
+    print(f"requests per ttl: {per_ttl}; holder {dict(holder)}; heads {dict(heads)}")
+    print(f"further back {dict(waiting)}")
     assert per_ttl["holder"] <= 3.4, holder  # 3, or 4 in a window that catches one more
     assert set(holder) == {"PUT /v1/agent/check/pass/ID"}, holder
-    assert per_ttl["standby"] <= 1.0, waiting
+    assert per_ttl["head"] <= 1.0, heads
+    assert per_ttl["further back"] <= 1.0, waiting
+    # It waited on the line key ahead, with one look at the line: no transaction that
+    # writes, no read of the lock key of its own.
+    assert waiting["PUT /v1/txn"] <= 2 and "GET /v1/kv/KEY" not in waiting, waiting
 
 
 def test_many_standbys_wake_without_creating_or_destroying_sessions(consul_url: str) -> None:
@@ -429,3 +456,150 @@ def test_many_standbys_wake_without_creating_or_destroying_sessions(consul_url: 
     finally:
         for backend in [holder, *standbys]:
             backend.close()
+
+
+# -- the line of standbys ------------------------------------------------------------
+
+
+def stand_in_line(store: Store, count: int) -> list[Backend]:
+    """`count` standbys, each refused once and placed in the line, in this order."""
+    standbys = []
+    for _ in range(count):
+        backend = store.backend("h", ttl=TTL, grace=1.0)
+        assert backend.acquire("h", HolderInfo(node_id="standby")) is None
+        backend.wait("h", 0.2)  # joins the line and takes its place, or times out there
+        standbys.append(backend)
+    return standbys
+
+
+def test_a_release_wakes_only_the_heads_of_the_line(consul_url: str) -> None:
+    """Eight standbys: a release wakes the HEADS at the front of the line, one takes
+    the lock, and the others stay in their blocking queries; the winner leaves the
+    line. Counted by when each wait() returns and by a proxy in front of them all."""
+    import threading
+    from urllib.parse import urlsplit
+
+    from benchmarks.proxy import ProxyHub
+    from coordinator.backends.consul_line import HEADS
+
+    port = urlsplit(consul_url).port
+    assert port is not None
+    hub = ProxyHub()
+    proxy = hub.add(port, "consul")
+    prefix = f"test-{uuid.uuid4().hex[:8]}/"
+    holder = Store("consul", consul_url, prefix).backend("h", ttl=TTL, grace=1.0)
+    standbys: list[Backend] = []
+    try:
+        lease = holder.acquire("h", HolderInfo(node_id="holder"))
+        assert lease is not None
+        standbys = stand_in_line(Store("consul", f"http://127.0.0.1:{proxy.port}", prefix), 8)
+        line = line_entries(consul_url, f"{prefix}h")
+        assert len(line) == 8, line
+        woken: list[float] = []
+        won: list[Lease] = []
+
+        def contend(backend: Backend) -> None:
+            backend.wait("h", 2.0)
+            woken.append(time.monotonic())
+            if (got := backend.acquire("h", HolderInfo(node_id="standby"))) is not None:
+                won.append(got)
+
+        threads = [threading.Thread(target=contend, args=(b,)) for b in standbys]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        proxy.reset()
+        released = time.monotonic()
+        holder.release(lease)
+        for thread in threads:
+            thread.join(timeout=10)
+        counts = proxy.counts()
+        early = [t for t in woken if t - released < 1.0]
+        print(f"woken at once: {len(early)} of {len(standbys)}; requests {dict(counts)}")
+        assert len(won) == 1, won
+        assert len(early) <= HEADS, (len(early), counts)
+        # The heads' transactions, and a look by the standby behind the winner.
+        assert counts["PUT /v1/txn"] <= HEADS + 2, counts
+        # The winner's line key is gone; everyone else is still in line.
+        wait_until(lambda: len(line_entries(consul_url, f"{prefix}h")) == 7, timeout=5)
+        assert won[0].token not in {e["Session"] for e in line_entries(consul_url, f"{prefix}h")}
+    finally:
+        for backend in [holder, *standbys]:
+            backend.close()
+        hub.close()
+
+
+def test_a_dead_head_is_replaced_by_the_next_in_line(consul_url: str) -> None:
+    """The heads' sessions ended out of band (their supervisors died): the standby
+    behind them looks again, becomes a head, and takes the next release."""
+    import threading
+
+    from coordinator.backends.consul_line import HEADS
+
+    store = Store("consul", consul_url, f"test-{uuid.uuid4().hex[:8]}/")
+    holder = store.backend("h", ttl=TTL, grace=1.0)
+    standbys: list[Backend] = []
+    try:
+        lease = holder.acquire("h", HolderInfo(node_id="holder"))
+        assert lease is not None
+        standbys = stand_in_line(store, HEADS + 1)
+        line = line_entries(consul_url, f"{store.prefix}h")
+        for entry in line[:HEADS]:  # the heads die; nobody calls their backends again
+            api(consul_url, "PUT", f"/v1/session/destroy/{entry['Session']}")
+        last = standbys[-1]
+        won: list[Lease] = []
+
+        def contend() -> None:
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not won:
+                if (got := last.acquire("h", HolderInfo(node_id="last"))) is not None:
+                    won.append(got)
+                    return
+                last.wait("h", 1.0)
+
+        thread = threading.Thread(target=contend)
+        thread.start()
+        # It looked again: the dead heads' keys released, and some deleted already.
+        wait_until(lambda: len(line_entries(consul_url, f"{store.prefix}h")) < HEADS + 1, timeout=5)
+        time.sleep(0.5)
+        released = time.monotonic()
+        holder.release(lease)
+        thread.join(timeout=15)
+        assert won, "the standby behind the dead heads never took the lock"
+        took = time.monotonic() - released
+        assert took < 2.0, took  # woken by the release, not by a look LOOK_TTLS later
+    finally:
+        for backend in [holder, *standbys]:
+            backend.close()
+
+
+def test_a_standby_that_stops_leaves_the_line(consul_url: str) -> None:
+    store = Store("consul", consul_url, f"test-{uuid.uuid4().hex[:8]}/")
+    holder = store.backend("h", ttl=TTL, grace=1.0)
+    try:
+        lease = holder.acquire("h", HolderInfo(node_id="holder"))
+        assert lease is not None
+        [standby] = stand_in_line(store, 1)
+        [entry] = line_entries(consul_url, f"{store.prefix}h")
+        assert entry["Session"], entry
+        standby.close()
+        assert not line_entries(consul_url, f"{store.prefix}h")
+        holder.release(lease)
+    finally:
+        holder.close()
+
+
+def test_a_place_in_the_line_counts_only_live_entries_in_their_order() -> None:
+    from coordinator.backends.consul_line import HEADS, place
+
+    def entry(key: str, create: int, session: str = "s") -> dict[str, Any]:
+        return {"Key": key, "CreateIndex": create, "ModifyIndex": create, "Session": session}
+
+    # Listed out of order, with a released entry that does not count.
+    entries = [entry(f"k{i}", 10 + i) for i in range(HEADS + 2)][::-1]
+    entries.append(entry("gone", 1, session=""))
+    assert place(entries, "k0") == (0, None, [entries[-1]])
+    assert place(entries, f"k{HEADS - 1}")[:2] == (HEADS - 1, None)
+    assert place(entries, f"k{HEADS}")[:2] == (HEADS, entry("k0", 10))
+    assert place(entries, f"k{HEADS + 1}")[:2] == (HEADS + 1, entry("k1", 11))
+    assert place(entries, "gone")[:2] == (None, None)

@@ -10,13 +10,16 @@
   once and learns the lease is lost. So the lock-delay only covers the holder's own
   stop: call timeout + grace + margin (docs/safety.md derives it).
 - A standby keeps a ready session, tied to a check of its own with a long TTL
-  (STANDBY_TTLS x ttl), and one blocking query open on the key. Every STANDBY_PASS
-  ttls it passes the check and sends the query again: under one request per ttl.
+  (STANDBY_TTLS x ttl), and one blocking query open. Standbys stand in a line
+  (consul_line): the first few wait on the key, the others each on a line key ahead,
+  so a release wakes only a few. Every STANDBY_PASS ttls a standby passes the check;
+  a head sends its query again then, one further back every LOOK_TTLS ttls, after
+  looking at the line: under one request per ttl.
 - Acquire: one transaction checks that the key is unchanged (or absent) and locks it
-  with the ready session, then the check is registered again with the ttl. A standby
-  that loses the race keeps its session (no create/destroy storm) and pauses a moment,
-  out of step with the others, before it reads the key: the winner's child starts
-  among every standby the release woke.
+  with the ready session, then the check is registered again with the ttl, and the
+  winner leaves the line. A standby that loses the race keeps its session (no
+  create/destroy storm) and reads the key again (after a pause, out of step with the
+  others, if it had no place in the line and so woke with all of them).
 - Release unlocks the key (no lock-delay) and removes the check, which ends the
   session.
 - Fencing token: Flags + the Raft index of the write that locked the key. Flags is a
@@ -51,6 +54,7 @@ import requests
 
 from coordinator.backends import tls
 from coordinator.backends.base import Backend, HolderInfo, Lease
+from coordinator.backends.consul_line import LOOK_TTLS, Line, Look
 from coordinator.config import Config, redact_url
 from coordinator.errors import BackendRejected, BackendUnavailable, ConfigError, LeaseLost
 
@@ -68,8 +72,9 @@ BACKSTOP_TTLS = 30
 WATCH_WAIT = 300.0
 # A free key that cannot be locked is inside its lock-delay: look again this often.
 FREE_POLL = 0.25
-# After losing a race for a released key, a standby pauses this long (in ttls, with
-# jitter) before it reads the key again.
+# After losing a race for a released key, a standby with no place in the line (woken
+# with all the others) pauses this long (in ttls, with jitter) before it reads the key
+# again; a head of the line reads it at once.
 LOST_RACE_PAUSE = 0.2
 # A standby's check: its TTL, and how often the standby passes it and sends its
 # blocking query again, in ttls. A pass is due after STANDBY_PASS ttls and forced
@@ -113,8 +118,9 @@ class Watch:
     """A blocking query on the holder's key, sent on a socket of its own and read only
     once the socket turns readable (the key changed, or the wait ended)."""
 
-    def __init__(self, conn: http.client.HTTPConnection, wait: float) -> None:
+    def __init__(self, conn: http.client.HTTPConnection, wait: float, line: bool = False) -> None:
         self.conn, self.sent, self.wait = conn, time.monotonic(), wait
+        self.line = line  # on a line key ahead, not on the lock key
         assert conn.sock is not None
         self.fd: int = conn.sock.fileno()
 
@@ -206,12 +212,19 @@ class ConsulBackend(Backend):
         self._renewed: dict[str, float] = {}  # session -> last session renewal
         self._watch: dict[str, Watch] = {}  # session -> its watch
         self._refused_by: dict[str, dict[str, Any]] = {}  # name -> the entry that said no
+        self._lines: dict[str, Line] = {}  # name -> our place in its line of standbys
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
     def describe(self, name: str) -> str:
         return f"key {self.key(name)} on consul at {self.where}"
+
+    def _line(self, name: str) -> Line:
+        if name not in self._lines:
+            value = HolderInfo(node_id=self.node).to_json()
+            self._lines[name] = Line(self._http, self._send, self.key(name), value)
+        return self._lines[name]
 
     # -- HTTP ---------------------------------------------------------------------
 
@@ -237,6 +250,8 @@ class ConsulBackend(Backend):
         try:
             if method == "GET":
                 reply: Reply = http.get(keep, path, params=params, headers=self._headers())
+            elif method == "DELETE":
+                reply = http.delete(keep, path, params=params, headers=self._headers())
             else:
                 reply = http.put(keep, path, params=params, data=body, headers=self._headers())
         except requests.exceptions.SSLError as exc:
@@ -445,7 +460,8 @@ class ConsulBackend(Backend):
             return index, entry
         watch = self._standby_watch.get(name)
         if watch is not None and name in self._known:
-            if not watch.ready() and not watch.overdue():
+            # Waiting on a line key ahead: the key as the last look saw it.
+            if watch.line or (not watch.ready() and not watch.overdue()):
                 return self._index[name], self._known[name]
             if self._consume(name):
                 return self._index[name], self._known[name]
@@ -531,6 +547,9 @@ class ConsulBackend(Backend):
         # the ttl now (its timer restarts), without waiting for the answer, which the
         # first renewal reads. The child starts meanwhile.
         self._shorten(name)
+        # Out of the line: that wakes the standby waiting on our line key.
+        if (line := self._lines.get(name)) is not None:
+            line.leave_soon()
         # A missing key means first use of the name, or Consul lost its data.
         reset = "" if entry is not None else "consul had no record of this lock key"
         return Lease(name, session, token, deadline, state_reset=reset)
@@ -591,12 +610,12 @@ class ConsulBackend(Backend):
             conn.close()
             return None
 
-    def _send_query(self, name: str, index: int, wait: float) -> Watch | None:
-        """A blocking query on the key, on a connection of its own; None if it could not
+    def _send_query(self, key: str, index: int, wait: float, line: bool = False) -> Watch | None:
+        """A blocking query on a key, on a connection of its own; None if it could not
         be sent."""
         query = urlencode({"index": index, "wait": f"{int(wait * 1000)}ms"})
-        conn = self._send("GET", f"/v1/kv/{quote(self.key(name), safe='/:')}?{query}")
-        return None if conn is None else Watch(conn, wait)
+        conn = self._send("GET", f"/v1/kv/{quote(key, safe='/:')}?{query}")
+        return None if conn is None else Watch(conn, wait, line)
 
     def _arm(self, name: str, session: str, index: int) -> None:
         """Send the holder's blocking query on its key; a failure leaves renew() to read
@@ -604,7 +623,7 @@ class ConsulBackend(Backend):
         old = self._watch.pop(session, None)
         if old is not None:
             old.close()
-        if (watch := self._send_query(name, index, WATCH_WAIT)) is not None:
+        if (watch := self._send_query(self.key(name), index, WATCH_WAIT)) is not None:
             self._watch[session] = watch
 
     def _check_watch(self, lease: Lease) -> bool:
@@ -666,6 +685,8 @@ class ConsulBackend(Backend):
             # operator removed it): that invalidated the session.
             raise LeaseLost("the consul agent no longer has our check")
         watching = self._check_watch(lease)
+        if (line := self._lines.get(lease.name)) is not None:
+            line.settle()  # the delete of our line key sent at acquisition
         # With serfHealth in the session, the servers can invalidate it while our agent,
         # cut off from them, still takes our check passes: renew the session (the
         # servers answer) every time, so a renewal only counts with the servers' word.
@@ -728,16 +749,23 @@ class ConsulBackend(Backend):
         return HolderInfo.from_json(value, fencing_token=token_of(entry))
 
     def wait(self, name: str, timeout: float) -> None:
-        """Until the key changes or `timeout` passes, on a blocking query that stays
-        open across calls (re-sent every STANDBY_PASS ttls, with a pass of the ready
-        session's check). acquire() then uses what it returned, or, while it is still
-        open, what the key was when it was sent: no request of its own."""
+        """Until the key may be free or `timeout` passes, on a blocking query that stays
+        open across calls: on the key for a head of the line, re-sent every STANDBY_PASS
+        ttls with a pass of the ready session's check; on the line key ahead for a
+        standby further back, which looks at the line again when that key changes or
+        every LOOK_TTLS ttls. acquire() then uses what the key was when last seen: no
+        request of its own."""
         if name in self._lost_race:
-            # Another standby won a race: its child starts now, among every standby
-            # the release woke. Stay out of its way a moment, out of step with the
-            # others, before reading the key and waiting again (a crash of the new
-            # holder takes at least the lock-delay to free the key anyway).
             self._lost_race.discard(name)
+            if (line := self._lines.get(name)) is not None and line.head:
+                # Woken with only a few others: read the key and wait again at once,
+                # ready for a release that may come right after.
+                return
+            # Another standby won a race: its child starts now, among every standby
+            # the release woke (we had no place in the line). Stay out of its way a
+            # moment, out of step with the others, before reading the key and waiting
+            # again (a crash of the new holder takes at least the lock-delay to free
+            # the key anyway).
             time.sleep(min(timeout, LOST_RACE_PAUSE * self.ttl * random.uniform(0.5, 1.5)))
             return
         if name in self._free_seen or timeout < 0.1:
@@ -746,23 +774,75 @@ class ConsulBackend(Backend):
             # change on it to end a blocking query, so look again shortly.
             time.sleep(min(timeout, FREE_POLL * random.uniform(0.8, 1.2)))
             return
+        end = time.monotonic() + timeout
         watch = self._standby_watch.get(name)
         if watch is not None and watch.overdue():
             watch.close()
             del self._standby_watch[name]
             watch = None
         self._keep_ready(name, watching=watch is not None)
-        if watch is None:
-            if name not in self._known:
-                self._index[name], self._known[name] = self._read(name)
-            watch = self._send_query(
-                name, self._index.get(name, 0), min(STANDBY_PASS * self.ttl, WATCH_WAIT)
-            )
+        for _ in range(3):  # a line key that answers: look again, wait on what comes next
             if watch is None:
-                raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
-            self._standby_watch[name] = watch
-        if watch.ready(timeout):
-            self._consume(name)
+                watch = self._next_watch(name)
+                if watch is None:
+                    return  # a look found the key free: acquire() tries it
+                self._standby_watch[name] = watch
+            if not watch.ready(max(0.0, end - time.monotonic())):
+                return
+            if not watch.line:
+                self._consume(name)
+                return
+            # The line key ahead went or changed, or the wait ended: look again.
+            del self._standby_watch[name]
+            watch.close()
+            watch = None
+
+    def _next_watch(self, name: str) -> Watch | None:
+        """A standby's next blocking query: on the line key ahead for one further back
+        in the line, else on the lock key. None when a look found the lock key free."""
+        if (look := self._look(name)) is not None:
+            self._index[name], self._known[name] = look.index, look.lock
+            if look.lock is None or not look.lock.get("Session"):
+                self._read_at[name] = (time.monotonic(), look.index, look.lock)
+                return None
+            if look.target is not None:
+                key, index = str(look.target["Key"]), int(look.target["ModifyIndex"])
+                watch = self._send_query(key, index, min(LOOK_TTLS * self.ttl, WATCH_WAIT), True)
+                if watch is None:
+                    raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
+                return watch
+        if name not in self._known:
+            self._index[name], self._known[name] = self._read(name)
+        watch = self._send_query(
+            self.key(name), self._index.get(name, 0), min(STANDBY_PASS * self.ttl, WATCH_WAIT)
+        )
+        if watch is None:
+            raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
+        return watch
+
+    def _look(self, name: str) -> Look | None:
+        """Take our place in the line (joining it with the ready session if need be) and
+        what the look saw; None for a head, or when the line cannot be used now (no
+        ready session yet, a request failed): the standby then waits on the lock key,
+        which only wakes it with more others."""
+        session = self._ready.get(name)
+        if session is None:
+            return None
+        line = self._line(name)
+        try:
+            for _ in range(2):  # again if our line key was gone
+                if not line.join(session):
+                    return None
+                if line.head:
+                    return None
+                if (look := line.look()) is not None:
+                    return look
+        except BackendUnavailable as exc:
+            if "invalid session" in str(exc):
+                self._forget(self._ready.pop(name))  # ended out of band: a new one next time
+        except (BackendRejected, ConfigError):
+            pass
+        return None
 
     def _consume(self, name: str) -> bool:
         """Read the standby's blocking query's answer; True if it told what the key is."""
@@ -792,6 +872,9 @@ class ConsulBackend(Backend):
             self._watch.pop(session).close()
         for name in list(self._standby_watch):
             self._standby_watch.pop(name).close()
+        for line in self._lines.values():
+            with contextlib.suppress(BackendUnavailable, BackendRejected, ConfigError):
+                line.leave()  # before the check goes: deleted, not just released
         # Removing a check ends the ready session tied to it.
         self._ready.clear()
         for check_id in list(self._checks):
