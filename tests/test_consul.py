@@ -529,6 +529,32 @@ def test_a_release_wakes_only_the_heads_of_the_line(consul_url: str) -> None:
         hub.close()
 
 
+def test_a_standby_that_lost_a_race_names_the_winner(consul_url: str) -> None:
+    """A standby saw the key free, but another node locked it first: its refusal names
+    that node (the log says who holds the lock), read once, and the next acquisition
+    uses that read."""
+    store = Store("consul", consul_url, f"test-{uuid.uuid4().hex[:8]}/")
+    first, late, quick = (store.backend("h", ttl=TTL, grace=1.0) for _ in range(3))
+    try:
+        lease = first.acquire("h", HolderInfo(node_id="first"))
+        assert lease is not None
+        assert late.acquire("h", HolderInfo(node_id="late")) is None
+        assert late.refused_by("h") == first.holder("h")
+        late.wait("h", 0.2)  # in its blocking query on the key
+        first.release(lease)
+        late.wait("h", 2.0)  # woken: it saw the key free
+        won = quick.acquire("h", HolderInfo(node_id="quick"))
+        assert won is not None
+        assert late.acquire("h", HolderInfo(node_id="late")) is None  # the race, lost
+        named = late.refused_by("h")
+        assert named is not None and named.node_id == "quick", named
+        assert late.acquire("h", HolderInfo(node_id="late")) is None
+        assert late.refused_by("h") == named
+    finally:
+        for backend in (first, late, quick):
+            backend.close()
+
+
 def test_a_dead_head_is_replaced_by_the_next_in_line(consul_url: str) -> None:
     """The heads' sessions ended out of band (their supervisors died): the standby
     behind them looks again, becomes a head, and takes the next release."""

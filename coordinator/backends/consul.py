@@ -198,6 +198,7 @@ class ConsulBackend(Backend):
         self._known: dict[str, dict[str, Any] | None] = {}  # the entry at _index
         self._free_seen: set[str] = set()  # free keys we failed to lock (lock-delay)
         self._lost_race: set[str] = set()  # the key changed under our transaction
+        self._named: set[str] = set()  # names whose holder refused_by() has told
         self._seen: dict[str, int] = {}  # the highest token seen or handed out, per name
         self._checks: set[str] = set()  # checks registered by this process
         self._passed: dict[str, float] = {}  # check -> when its last pass was sent
@@ -733,9 +734,20 @@ class ConsulBackend(Backend):
 
     def refused_by(self, name: str) -> HolderInfo | None:
         if name in self._lost_race:
-            return None  # the winner, unknown yet: wait() reads the key a moment later
-        entry = self._refused_by.pop(name, None)
-        return self.holder(name) if entry is None else self._describe(entry)
+            line = self._lines.get(name)
+            if name in self._named and (line is None or not line.head):
+                # One of many woken at once: no read each now; wait() reads after a pause.
+                return None
+            # The first refusal (the log names the holder), or a head woken with only a
+            # few others: read who won; acquire() uses this read, with no request of its own.
+            index, entry = self._read(name)
+            self._read_at[name] = (time.monotonic(), index, entry)
+        else:
+            entry = self._refused_by.pop(name, None)
+            if entry is None:
+                _, entry = self._read(name)
+        self._named.add(name)
+        return self._describe(entry)
 
     def holder(self, name: str) -> HolderInfo | None:
         _, entry = self._read(name)
