@@ -230,3 +230,32 @@ def test_a_password_in_the_command_never_shows_in_the_default_name(tmp_path: Pat
     status = run_cli("status", *file_backend, *command)
     assert status.returncode == 1 and "-***-" in status.stdout, status.stdout
     assert SECRET not in status.stdout + status.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "says"),
+    [
+        ("http://127.0.0.1:0", {}, "malformed consul address"),
+        (f"http://127.0.0.1:{CLOSED}", {"CONSUL_HTTP_TOKEN": f"{SECRET}\nX: y"}, "ACL token"),
+        (f"http://127.0.0.1:{CLOSED}", {"CONSUL_HTTP_TOKEN": f"{SECRET} x"}, "ACL token"),
+        (f"https://127.0.0.1:{CLOSED}", {"CONSUL_CACERT": "/nonexistent/ca.pem"}, "CONSUL_CACERT"),
+        (
+            f"https://127.0.0.1:{CLOSED}",
+            {"CONSUL_CLIENT_CERT": "/nonexistent/c.pem", "CONSUL_CLIENT_KEY": "/nonexistent/k"},
+            "CONSUL_CLIENT_CERT",
+        ),
+    ],
+    ids=["port-0", "token-newline", "token-space", "cacert-missing", "client-cert-missing"],
+)
+def test_consul_settings_no_waiting_can_fix_are_usage_errors(
+    url: str, env: dict[str, str], says: str
+) -> None:
+    """Port 0 was read as 8500, a token with a newline failed every request (exit 4
+    after --wait-timeout), a missing CA file was an internal error (70)."""
+    for command in (
+        ["-b", "consul", "--url", url, "--wait-timeout", "30", "--", "true"],
+        ["status", "-b", "consul", "--url", url, "-n", "x", "--timeout", "10"],
+    ):
+        result = run_cli(*command, env=env, timeout=20)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert says in one_error_line(result.stdout + result.stderr)

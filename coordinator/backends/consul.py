@@ -163,10 +163,10 @@ class ConsulBackend(Backend):
     ) -> None:
         try:  # an unclosed IPv6 bracket or a bad port raise ValueError
             parts = urlsplit(address)
-            port = parts.port or (443 if parts.scheme == "https" else 8500)
+            port = parts.port if parts.port is not None else DEFAULT_PORTS.get(parts.scheme, 8500)
         except ValueError as exc:
             raise ConfigError(f"malformed consul address {redact_url(address)!r}") from exc
-        if not parts.hostname:
+        if not parts.hostname or port == 0:  # port 0 is no agent's: nothing to wait for
             raise ConfigError(f"malformed consul address {redact_url(address)!r}")
         self.where = redact_url(address)
         self.host, self.port, self.scheme = parts.hostname, port, parts.scheme or "http"
@@ -178,6 +178,7 @@ class ConsulBackend(Backend):
         cert = None
         if os.environ.get("CONSUL_CLIENT_CERT") and os.environ.get("CONSUL_CLIENT_KEY"):
             cert = (os.environ["CONSUL_CLIENT_CERT"], os.environ["CONSUL_CLIENT_KEY"])
+        check_tls_files(verify, cert)
         self.verify, self.cert = verify, cert
         self.client = consul.Consul(
             host=self.host,
@@ -189,6 +190,13 @@ class ConsulBackend(Backend):
         )
         # The address's password part, then CONSUL_HTTP_TOKEN, is the ACL token.
         self.token = parts.password or token or None
+        if self.token is not None and not TOKEN.fullmatch(self.token):
+            # It goes in a header: a space or control character would fail every
+            # request alike, which waiting cannot fix.
+            raise ConfigError(
+                "the consul ACL token (CONSUL_HTTP_TOKEN, or the address's password) "
+                "must be printable ASCII without spaces"
+            )
         self.ttl, self.timeout, self.prefix, self.node = ttl, timeout, prefix, node
         self.lock_delay, self.node_check = lock_delay, node_check
         self.backstop = max(10.0, BACKSTOP_TTLS * ttl)
@@ -894,6 +902,22 @@ class ConsulBackend(Backend):
                 self._unregister(check_id, check_id)
         self._checks.clear()
         self.client.http.session.close()
+
+
+DEFAULT_PORTS = {"http": 8500, "https": 443, "": 8500}
+TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space: ACL tokens are UUIDs
+
+
+def check_tls_files(verify: bool | str, cert: tuple[str, str] | None) -> None:
+    """CONSUL_CACERT and the client certificate are read at each connection: one
+    that cannot be read fails every request alike, so it is a usage error at start."""
+    named = [("CONSUL_CACERT", verify)] if isinstance(verify, str) else []
+    if cert is not None:
+        named += [("CONSUL_CLIENT_CERT", cert[0]), ("CONSUL_CLIENT_KEY", cert[1])]
+    for variable, path in named:
+        if not os.access(path, os.R_OK):
+            why = "does not exist" if not os.path.exists(path) else "cannot be read"
+            raise ConfigError(f"{variable}={path} {why}")
 
 
 def key_problem(key: str) -> str:
