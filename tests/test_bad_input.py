@@ -483,6 +483,16 @@ def test_postgres_wrong_password_exits_3(postgres_url: str) -> None:
         ('connection is bad: invalid port number: "99999"', "ConfigError"),
         ('FATAL:  password authentication failed for user "u"', "BackendRejected"),
         ('FATAL:  permission denied for database "app"', "BackendRejected"),
+        # Both were retried for ever (the server's and libpq's words, PostgreSQL 15).
+        (
+            'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+            "FATAL:  must be superuser or replication role to start walsender",
+            "BackendRejected",
+        ),
+        (
+            "connection is bad: GSSAPI encryption required but no credential cache",
+            "BackendRejected",
+        ),
     ],
 )
 def test_postgres_errors_are_classified_once(message: str, outcome: str) -> None:

@@ -64,6 +64,8 @@ REJECTED_STATES = {"28P01", "28000", "3D000", "42501", "3F000", "42883"}
 REJECTED_TEXT = re.compile(
     r"password authentication failed|no pg_hba\.conf entry|does not exist|permission denied"
     r"|no password supplied|role .* is not permitted to log in"
+    r"|must be superuser or replication role"  # ?replication= without the role
+    r"|GSSAPI encryption required but"  # ?gssencmode=require, no credentials or support
 )
 # Mistakes in the connection string or its options that libpq or the server report
 # when connecting (connection errors carry no SQLSTATE): waiting cannot fix them.
