@@ -45,8 +45,12 @@ def problems(res: Results) -> list[str]:
     if res.label != "coordinator":
         return []
     found = []
-    timings = {"start": res.start, "start to exit": res.exit, "handoff": res.handoff}
-    timings["failover"] = res.failover
+    timings = {
+        "start": res.start,
+        "start to exit": res.exit,
+        "handoff": res.handoff,
+        "failover": res.failover,
+    }
     for sc in res.scale:
         timings[f"scale {sc.wanted}"] = sc.handoffs
     for what, t in timings.items():

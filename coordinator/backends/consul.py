@@ -820,6 +820,7 @@ class ConsulBackend(Backend):
     def _next_watch(self, name: str) -> Watch | None:
         """A standby's next blocking query: on the line key ahead for one further back
         in the line, else on the lock key. None when a look found the lock key free."""
+        key, index, ttls, line = self.key(name), 0, STANDBY_PASS, False
         if (look := self._look(name)) is not None:
             self._index[name], self._known[name] = look.index, look.lock
             if look.lock is None or not look.lock.get("Session"):
@@ -827,15 +828,12 @@ class ConsulBackend(Backend):
                 return None
             if look.target is not None:
                 key, index = str(look.target["Key"]), int(look.target["ModifyIndex"])
-                watch = self._send_query(key, index, min(LOOK_TTLS * self.ttl, WATCH_WAIT), True)
-                if watch is None:
-                    raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
-                return watch
-        if name not in self._known:
-            self._index[name], self._known[name] = self._read(name)
-        watch = self._send_query(
-            self.key(name), self._index.get(name, 0), min(STANDBY_PASS * self.ttl, WATCH_WAIT)
-        )
+                ttls, line = LOOK_TTLS, True
+        if not line:
+            if name not in self._known:
+                self._index[name], self._known[name] = self._read(name)
+            index = self._index.get(name, 0)
+        watch = self._send_query(key, index, min(ttls * self.ttl, WATCH_WAIT), line)
         if watch is None:
             raise BackendUnavailable(f"consul at {self.where}: cannot send a query")
         return watch
@@ -909,14 +907,13 @@ TOKEN = re.compile(r"[!-~]+")  # printable ASCII, no space: ACL tokens are UUIDs
 
 
 def check_tls_files(verify: bool | str, cert: tuple[str, str] | None) -> None:
-    """CONSUL_CACERT and the client certificate are read at each connection: one
-    that cannot be read fails every request alike, so it is a usage error at start."""
+    """CONSUL_CACERT and the client certificate: one that cannot be read is a usage
+    error at start (tls.unreadable)."""
     named = [("CONSUL_CACERT", verify)] if isinstance(verify, str) else []
     if cert is not None:
         named += [("CONSUL_CLIENT_CERT", cert[0]), ("CONSUL_CLIENT_KEY", cert[1])]
     for variable, path in named:
-        if not os.access(path, os.R_OK):
-            why = "does not exist" if not os.path.exists(path) else "cannot be read"
+        if why := tls.unreadable(path):
             raise ConfigError(f"{variable}={path} {why}")
 
 

@@ -187,8 +187,7 @@ def check_options(client: redis.Redis) -> None:
         raise ConfigError(f"the database number must be 0 to {MAX_DB}, got {db}")
     for name in TLS_FILES:
         path = pool.connection_kwargs.get(name)
-        if path and not os.access(path, os.R_OK):
-            why = "does not exist" if not os.path.exists(path) else "cannot be read"
+        if path and (why := tls.unreadable(path)):
             raise ConfigError(f"the redis URL's ?{name}={path} {why}")
 
 

@@ -8,6 +8,7 @@ so the backends report it as BackendRejected (exit code 3), in one line.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 
@@ -41,3 +42,12 @@ def describe(store: str, where: str, text: str) -> str:
         f"sign the server's certificate, a host name the certificate does not name, or "
         f"a client certificate the server refuses); not retrying: {text}"
     )
+
+
+def unreadable(path: str) -> str:
+    """Why a certificate, key or CA file named in the configuration cannot be used, or
+    "" if it can: it is read at each connection, so one that cannot be read fails every
+    connection alike, which waiting does not fix."""
+    if os.access(path, os.R_OK):
+        return ""
+    return "does not exist" if not os.path.exists(path) else "cannot be read"
